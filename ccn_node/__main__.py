@@ -1,0 +1,3 @@
+from ccn_node.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The aiohttp API: routes, auth, rate limits, error model, WebSocket protocol."""

@@ -1,0 +1,98 @@
+"""JWT bearer tokens with roles: public (no token), user, admin.
+
+HS256 with the cluster-wide key from config; only that algorithm is accepted, so unsigned
+(`alg: none`) tokens and tokens signed with any other key or algorithm are refused. The
+token's subject is the user name; the node creates the user row (through the command log)
+the first time it sees a valid token, so any node of a cluster can issue tokens offline.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Literal
+
+import jwt
+import msgspec
+
+Role = Literal["user", "admin"]
+ROLES: tuple[str, ...] = ("user", "admin")
+USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+class AuthError(Exception):
+    """Why a token was refused; the message is safe to show the client."""
+
+
+class Principal(msgspec.Struct, frozen=True):
+    user_id: str
+    role: str
+    token_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def valid_user_name(name: str) -> bool:
+    return USER_NAME_RE.fullmatch(name) is not None
+
+
+class TokenAuthority:
+    """Issues and verifies the node's tokens with one HMAC key."""
+
+    algorithm = "HS256"
+
+    def __init__(self, key: bytes, *, issuer: str, ttl_s: int, previous_keys: list[bytes] | None = None) -> None:
+        self._key = key
+        self._previous = list(previous_keys or [])
+        self.issuer = issuer
+        self.ttl_s = ttl_s
+
+    def issue(self, user: str, role: str = "user", ttl_s: int | None = None) -> str:
+        if not valid_user_name(user):
+            raise ValueError("user names are 1-64 of letters, digits, '.', '_', '@', '-', starting alphanumeric")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        now = int(time.time())
+        claims = {
+            "sub": user,
+            "role": role,
+            "iss": self.issuer,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + (ttl_s or self.ttl_s),
+            "jti": secrets.token_hex(8),
+        }
+        return jwt.encode(claims, self._key, algorithm=self.algorithm)
+
+    def verify(self, token: str) -> Principal:
+        """Return the principal of a valid token; raise AuthError otherwise."""
+        if len(token) > 4096:
+            raise AuthError("token too long")
+        last: Exception | None = None
+        for key in [self._key, *self._previous]:
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[self.algorithm],
+                    issuer=self.issuer,
+                    options={"require": ["sub", "exp", "iat", "iss", "role"]},
+                    leeway=5,
+                )
+            except jwt.ExpiredSignatureError:
+                raise AuthError("token expired") from None
+            except jwt.InvalidSignatureError as exc:
+                last = exc
+                continue
+            except jwt.PyJWTError as exc:
+                raise AuthError(f"invalid token: {exc}") from None
+            sub, role = claims.get("sub"), claims.get("role")
+            if not isinstance(sub, str) or not valid_user_name(sub):
+                raise AuthError("invalid token subject")
+            if role not in ROLES:
+                raise AuthError("invalid token role")
+            return Principal(user_id=sub, role=role, token_id=str(claims.get("jti", "")))
+        raise AuthError("invalid token signature") from last

@@ -1,0 +1,315 @@
+"""The ccn-node command line: init, serve, token, chat, search, export, verify, bench, …
+
+Every subcommand takes ``--config FILE`` (default ``./ccn.toml`` or ``$CCN_CONFIG``). Errors
+the operator can fix are printed as one line naming the file and key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import secrets
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ccn_node.config import (
+    DEFAULT_LISTEN,
+    Config,
+    ConfigError,
+    default_config_path,
+    jwt_secret,
+    load_config,
+    parse_listen,
+    write_secret_file,
+)
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG: systemd does not restart-loop on it with RestartPreventExitStatus
+
+
+def _print_err(message: str) -> None:
+    print(f"ccn-node: {message}", file=sys.stderr)
+
+
+# -- init ------------------------------------------------------------------------------
+
+
+def config_text(*, name: str, listen: str) -> str:
+    return f"""# ccn-node configuration; every key and its default is documented in ccn.toml.example.
+# Paths are relative to this file's directory. Secrets live in files under keys/, never here.
+
+[node]
+name = "{name}"
+data_dir = "."
+listen = "{listen}"
+
+[storage]
+database = "ccn.sqlite3"
+synchronous = "full"
+
+[plate]
+path = "plate.md"
+
+[model]
+# "auto": Anthropic when ANTHROPIC_API_KEY is set (or api_key_file below), else the offline backend.
+backend = "auto"
+model = "claude-sonnet-4-5"
+max_tokens = 1024
+# api_key_file = "keys/anthropic.key"
+
+[auth]
+jwt_key_file = "keys/jwt.key"
+
+[ledger]
+key_file = "keys/node.ed25519"
+"""
+
+
+def init_data_dir(data_dir: Path, *, listen: str, name: str | None = None, force: bool = False) -> Path:
+    """Write DIR/ccn.toml, the node's Ed25519 key, a JWT key and THE PLATE; return the config path."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data_dir = data_dir.expanduser().resolve()
+    config_path = data_dir / "ccn.toml"
+    if config_path.exists() and not force:
+        raise ConfigError(config_path, None, "exists already (use --force to overwrite the config; keys are kept)")
+    parse_listen(listen, file="--listen", key="listen")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    node_name = name or f"ccn-{secrets.token_hex(3)}"
+    config_path.write_text(config_text(name=node_name, listen=listen))
+    keys = data_dir / "keys"
+    if not (keys / "jwt.key").exists():
+        write_secret_file(keys / "jwt.key", base64.urlsafe_b64encode(secrets.token_bytes(32)) + b"\n")
+    if not (keys / "node.ed25519").exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_secret_file(keys / "node.ed25519", pem)
+    plate = data_dir / "plate.md"
+    if not plate.exists():
+        plate.write_bytes(resources.files("ccn_node").joinpath("data/plate.example.md").read_bytes())
+    return config_path
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config_path = init_data_dir(Path(args.data_dir), listen=args.listen, name=args.name, force=args.force)
+    cfg = load_config(config_path)
+    token = _issue_token(cfg, "admin", "admin")
+    print(f"config:      {config_path}")
+    print(f"data dir:    {cfg.data_dir}")
+    print(f"listen:      http://{cfg.node.listen}")
+    print(f"admin token: {token}")
+    print(f"start with:  ccn-node serve --config {config_path}")
+    return 0
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ccn_node.node import Node, run_until_signalled
+
+    config_path = Path(args.config) if args.config else default_config_path()
+    first_token = None
+    if args.data_dir:
+        config_path = Path(args.data_dir).expanduser().resolve() / "ccn.toml"
+        if not config_path.exists():
+            init_data_dir(config_path.parent, listen=args.listen or DEFAULT_LISTEN)
+            first_token = True
+    cfg = load_config(config_path)
+    _setup_logging(cfg.node.log_level)
+    node = Node(cfg, listen=args.listen)
+    print(f"ccn-node {cfg.node.name} at http://{node.host}:{node.port} (config {cfg.source})", flush=True)
+    if first_token:
+        print(f"admin token: {_issue_token(cfg, 'admin', 'admin')}", flush=True)
+    asyncio.run(run_until_signalled(node))
+    return 0
+
+
+# -- token -----------------------------------------------------------------------------
+
+
+def _issue_token(cfg: Config, user: str, role: str, ttl: int | None = None) -> str:
+    from ccn_node.api.auth import TokenAuthority
+
+    authority = TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=cfg.auth.token_ttl_s)
+    return authority.issue(user, role, ttl)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    try:
+        print(_issue_token(cfg, args.user, args.role, args.ttl))
+    except ValueError as exc:
+        _print_err(str(exc))
+        return EXIT_USAGE
+    return 0
+
+
+# -- search and export (read the database directly; work with the node stopped) -------
+
+
+def _reader(cfg: Config) -> Any:
+    from ccn_node.store.database import open_connection
+
+    if not cfg.database_path.exists():
+        raise ConfigError(cfg.source, "storage.database", f"{cfg.database_path} does not exist yet (start the node)")
+    return open_connection(cfg.database_path, readonly=True)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ccn_node.continuity.retrieval import search
+
+    cfg = load_config(args.config)
+    conn = _reader(cfg)
+    hits = search(conn, args.user, args.query, args.limit, 0)
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return 0
+    for hit in hits:
+        print(f"{hit['created_at']}  {hit['session_id']} #{hit['seq']} {hit['role']}: {hit['snippet']}")
+    if not hits:
+        print("no matches", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ccn_node.api.routes_conversation import conversation_markdown
+    from ccn_node.store import queries
+
+    cfg = load_config(args.config)
+    conn = _reader(cfg)
+    conv = queries.get_conversation(conn, args.user, args.session_id)
+    if conv is None:
+        _print_err(f"no conversation {args.session_id} of user {args.user}")
+        return 1
+    conv["messages"] = queries.list_messages(conn, args.user, args.session_id)
+    text = conversation_markdown(conv) if args.format == "markdown" else json.dumps(conv, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# -- chat ------------------------------------------------------------------------------
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ccn_node.chat_client import run_chat
+
+    url = args.url
+    token = args.token or os.environ.get("CCN_TOKEN")
+    if url is None or token is None:
+        cfg = load_config(args.config)
+        url = url or f"http://{cfg.node.listen}"
+        token = token or _issue_token(cfg, args.user, "user")
+    return asyncio.run(run_chat(url, token, session_id=args.session, title=args.title))
+
+
+# -- bench -----------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ccn_node import bench
+
+    result = bench.run(args)
+    print(json.dumps(result, indent=2) if args.json else bench.render(result))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccn-node", description="Consciousness Continuity Node")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", default=None, help="config file (default ./ccn.toml or $CCN_CONFIG)")
+        return p
+
+    p = add("init", "create a data directory: config, keys, THE PLATE; print an admin token")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT of the API")
+    p.add_argument("--name", default=None, help="node name (ledger origin); default random")
+    p.add_argument("--force", action="store_true", help="overwrite an existing ccn.toml (keys are kept)")
+    p.set_defaults(func=cmd_init)
+
+    p = add("serve", "run the node")
+    p.add_argument("--listen", default=None, help="HOST:PORT, overrides node.listen")
+    p.add_argument("--data-dir", default=None, help="use DIR/ccn.toml, creating it on first run")
+    p.set_defaults(func=cmd_serve)
+
+    p = add("token", "print a JWT for a user")
+    p.add_argument("--user", required=True)
+    p.add_argument("--role", choices=["user", "admin"], default="user")
+    p.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    p.set_defaults(func=cmd_token)
+
+    p = add("chat", "talk to a node from the terminal (streams the answer)")
+    p.add_argument("--url", default=None)
+    p.add_argument("--token", default=None, help="JWT (default: $CCN_TOKEN, or minted from the config's key)")
+    p.add_argument("--user", default=os.environ.get("USER", "user"))
+    p.add_argument("--session", default=None, help="resume a conversation by id")
+    p.add_argument("--title", default="")
+    p.set_defaults(func=cmd_chat)
+
+    p = add("search", "full-text search in one user's conversations")
+    p.add_argument("query")
+    p.add_argument("--user", required=True)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = add("export", "export a conversation as JSON or Markdown")
+    p.add_argument("session_id")
+    p.add_argument("--user", required=True)
+    p.add_argument("--format", choices=["json", "markdown"], default="json")
+    p.add_argument("--output", default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = add("bench", "run a benchmark and print its figures")
+    p.add_argument("what", choices=["retrieval", "context", "turn", "startup", "ledger", "continuity", "all"])
+    p.add_argument("--locomo", default=None, help="LoCoMo-format JSON file (bench retrieval)")
+    p.add_argument("--budget", type=int, default=2000)
+    p.add_argument("--sizes", default="10000,100000", help="corpus sizes for bench context (comma separated)")
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        _print_err(str(exc))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from ccn_node.node import StartupError
+
+        if isinstance(exc, StartupError):
+            _print_err(str(exc))
+            return EXIT_CONFIG
+        raise

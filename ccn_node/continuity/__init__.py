@@ -1,0 +1,1 @@
+"""Character continuity: plate, context assembly, probe and metrics, instances, consensus."""

@@ -1,0 +1,337 @@
+"""Relevant-history retrieval and full-text search over one user's conversations.
+
+Why this shape: FTS5 gives cheap BM25 candidates; everything that needs more than one
+row at a time (a turn's session, its neighbours, recency) is re-ranked here in Python over a
+capped candidate set, so the cost stays bounded however large the corpus grows.
+
+Safety: user text never reaches FTS5 syntax. It is split by the index's own tokenizer
+(``porter unicode61``, through apsw), stop-words are dropped, and each surviving token is
+quoted as an FTS5 string with ``"`` doubled, joined by ``OR``. Operators, ``*``, ``NEAR(``,
+column filters, parentheses and NUL bytes are therefore plain text. Privacy: the user filter
+is a condition of every SQL statement here, never a filter applied afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import apsw
+import msgspec
+
+__all__ = [
+    "RankParams",
+    "QueryTerm",
+    "SearchHit",
+    "Turn",
+    "fts_query",
+    "query_terms",
+    "relevant_turns",
+    "search",
+]
+
+STOP_WORDS = frozenset(
+    """a about above after again against all also am an and any are aren't as at be because been
+    before being below between both but by can can't cannot could couldn't did didn't do does doesn't
+    doing don't down during each else ever few for from further get got had hadn't has hasn't have
+    haven't having he he'd he'll he's her here here's hers herself him himself his how how's i i'd
+    i'll i'm i've if in into is isn't it it's its itself just let's like me might more most much
+    mustn't my myself no nor not now of off oh ok okay on once one only or other ought our ours
+    ourselves out over own really said same say says shan't she she'd she'll she's should shouldn't
+    so some such than that that's the their theirs them themselves then there there's these they
+    they'd they'll they're they've this those through to too under until up upon us very was wasn't
+    we we'd we'll we're we've were weren't what what's when when's where where's which while who
+    who's whom why why's will with won't would wouldn't yes yet you you'd you'll you're you've your
+    yours yourself yourselves d ll m re s t ve hey hi hello yeah yep wow thanks thank""".split()
+)
+
+MAX_QUERY_CHARS = 4000  # a 10k-character message still gets its first 4k considered
+MAX_SCAN_TOKENS = 200  # distinct tokens looked up in the vocabulary at most
+
+
+class RankParams(msgspec.Struct, frozen=True, kw_only=True):
+    """How relevant turns are ranked; ``method`` picks the baselines the benchmark compares."""
+
+    method: str = "fused"  # "fused", "bm25" or "recency"
+    max_terms: int = 12  # rarest query terms kept
+    max_df_share: float = 0.25  # terms in more than this share of all turns are dropped
+    candidates: int = 300  # FTS5 candidates re-ranked
+    session_weight: float = 0.6
+    neighbour_weight: float = 0.35
+    neighbour_span: int = 1
+    recency_weight: float = 0.05
+    speaker_weight: float = 0.15
+
+
+class QueryTerm(msgspec.Struct, frozen=True):
+    """One query token: its surface form (quoted into MATCH), its index form, doc frequency."""
+
+    surface: str
+    stem: str
+    df: int
+
+
+class Turn(msgspec.Struct, kw_only=True):
+    """A retrieved turn with the score it was ranked by."""
+
+    message_id: str
+    session_id: str
+    seq: int
+    role: str
+    content: str
+    created_at: str
+    score: float
+    source: str = "match"  # "match", "neighbour" or "recency"
+
+
+class SearchHit(msgspec.Struct, kw_only=True):
+    message_id: str
+    session_id: str
+    seq: int
+    created_at: str
+    role: str
+    snippet: str
+    score: float
+
+
+# -- query construction --------------------------------------------------------------------
+
+
+_TOKENIZERS: weakref.WeakKeyDictionary[apsw.Connection, Any] = weakref.WeakKeyDictionary()
+
+
+def _tokenizer(conn: apsw.Connection) -> Any:
+    """The index's own tokenizer, so Python sees exactly the terms FTS5 stores (one per connection)."""
+    tok = _TOKENIZERS.get(conn)
+    if tok is None:
+        tok = _TOKENIZERS[conn] = conn.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
+    return tok
+
+
+def _tokens(conn: apsw.Connection, text: str, mode: int) -> list[tuple[str, str]]:
+    """(surface, stem) pairs of ``text``; lone surrogates and NULs become separators."""
+    data = text[:MAX_QUERY_CHARS].encode("utf-8", "replace").replace(b"\x00", b" ")
+    out = []
+    for start, end, *forms in _tokenizer(conn)(data, mode, None):
+        out.append((data[start:end].decode("utf-8", "replace"), forms[0]))
+    return out
+
+
+def _stems(conn: apsw.Connection, text: str) -> set[str]:
+    data = text.encode("utf-8", "replace")
+    return {forms[0] for forms in _tokenizer(conn)(data, apsw.FTS5_TOKENIZE_DOCUMENT, None, include_offsets=False)}
+
+
+def _vocab(conn: apsw.Connection) -> str:
+    """A per-connection fts5vocab table over the index (temp: no schema change, no write lock)."""
+    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.ccn_fts_vocab USING fts5vocab(main, messages_fts, 'row')")
+    return "temp.ccn_fts_vocab"
+
+
+def _doc_count(conn: apsw.Connection) -> int:
+    """About how many turns exist: max(rowid) is O(log n) and rows are never deleted."""
+    return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0])
+
+
+def query_terms(conn: apsw.Connection, text: str, *, max_terms: int = 12, max_df_share: float = 1.0) -> list[QueryTerm]:
+    """Distinct non-stop-word tokens of ``text`` that occur in the index, rarest first, capped.
+
+    Rare terms carry the meaning (and are cheap to match); very common ones are dropped
+    because they cost the most to evaluate and barely change the ranking.
+    """
+    seen: dict[str, str] = {}
+    for surface, stem in _tokens(conn, text, apsw.FTS5_TOKENIZE_QUERY):
+        low = surface.lower()
+        if low in STOP_WORDS or stem in STOP_WORDS or stem in seen:
+            continue
+        seen[stem] = surface
+        if len(seen) >= MAX_SCAN_TOKENS:
+            break
+    if not seen:
+        return []
+    vocab = _vocab(conn)
+    stems = list(seen)
+    dfs: dict[str, int] = {}
+    for i in range(0, len(stems), 500):
+        chunk = stems[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        for term, doc in conn.execute(f"SELECT term, doc FROM {vocab} WHERE term IN ({marks})", chunk):
+            dfs[term] = doc
+    total = _doc_count(conn) or 1
+    terms = [
+        QueryTerm(seen[s], s, dfs[s])
+        for s in stems
+        if s in dfs and (max_df_share >= 1.0 or dfs[s] <= max(1, int(max_df_share * total)))
+    ]
+    terms.sort(key=lambda t: (t.df, t.stem))
+    return terms[:max_terms]
+
+
+def fts_query(terms: Iterable[QueryTerm]) -> str:
+    """An FTS5 MATCH expression that treats every term as a literal string: "a" OR "b"."""
+    return " OR ".join('"' + t.surface.replace('"', '""') + '"' for t in terms)
+
+
+# -- retrieval -----------------------------------------------------------------------------
+
+_CANDIDATES_SQL = """
+SELECT m.message_id, m.session_id, m.seq, m.role, m.content, m.created_at, bm25(messages_fts) AS s
+FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
+WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
+ORDER BY s LIMIT ?
+"""
+
+_WINDOWS_SQL = """
+WITH w(sid, lo, hi) AS (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?))
+SELECT m.message_id, m.session_id, m.seq, m.role, m.content, m.created_at
+FROM w JOIN messages AS m ON m.session_id = w.sid AND m.seq BETWEEN w.lo AND w.hi
+WHERE m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
+"""
+
+_RECENT_SQL = """
+SELECT message_id, session_id, seq, role, content, created_at FROM messages
+WHERE user_id = ? AND kind = 'chat' AND erased_at IS NULL
+ORDER BY created_at DESC, seq DESC LIMIT ?
+"""
+
+
+def _speakers(conn: apsw.Connection, user_id: str) -> dict[str, set[str]]:
+    """Lower-cased speaker names → the (session_id, role) pairs they spoke as."""
+    out: dict[str, set[str]] = {}
+    rows = conn.execute(
+        "SELECT session_id, metadata ->> '$.speakers.user', metadata ->> '$.speakers.assistant'"
+        " FROM conversations WHERE user_id = ? AND metadata ->> '$.speakers' IS NOT NULL",
+        (user_id,),
+    )
+    for session_id, user_name, assistant_name in rows:
+        for name, role in ((user_name, "user"), (assistant_name, "assistant")):
+            if isinstance(name, str) and name:
+                out.setdefault(name.lower(), set()).add(f"{session_id}\x1f{role}")
+    return out
+
+
+def relevant_turns(
+    conn: apsw.Connection,
+    user_id: str,
+    text: str,
+    *,
+    exclude_ids: set[str] | frozenset[str] = frozenset(),
+    limit: int = 200,
+    params: RankParams | None = None,
+) -> list[Turn]:
+    """This user's earlier turns most likely to help answer ``text``, best first."""
+    p = params or RankParams()
+    if p.method == "recency":
+        rows = conn.execute(_RECENT_SQL, (user_id, limit + len(exclude_ids))).fetchall()
+        turns = [Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5],
+                      score=0.0, source="recency") for r in rows if r[0] not in exclude_ids]
+        return turns[:limit]
+    speakers = _speakers(conn, user_id) if p.method == "fused" and p.speaker_weight else {}
+    terms = query_terms(
+        conn,
+        text,
+        max_terms=p.max_terms if p.method == "fused" else 10_000,
+        max_df_share=p.max_df_share if p.method == "fused" else 1.0,
+    )
+    named = {t.stem for t in terms if t.surface.lower() in speakers}
+    content_terms = [t for t in terms if t.stem not in named] or terms
+    if not content_terms:
+        return []
+    rows = conn.execute(_CANDIDATES_SQL, (fts_query(content_terms), user_id, p.candidates)).fetchall()
+    cands = {
+        r[0]: Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=-r[6])
+        for r in rows
+        if r[0] not in exclude_ids
+    }
+    if p.method == "bm25" or not cands:
+        return sorted(cands.values(), key=lambda t: -t.score)[:limit]
+    return _fuse(conn, user_id, cands, content_terms, named, speakers, exclude_ids, limit, p)
+
+
+def _fuse(
+    conn: apsw.Connection,
+    user_id: str,
+    cands: dict[str, Turn],
+    terms: list[QueryTerm],
+    named: set[str],
+    speakers: dict[str, set[str]],
+    exclude_ids: set[str] | frozenset[str],
+    limit: int,
+    p: RankParams,
+) -> list[Turn]:
+    """BM25 fused with session coverage, neighbour support, speaker and recency."""
+    total = max(_doc_count(conn), 1)
+    idf = {t.stem: math.log(1 + (total - t.df + 0.5) / (t.df + 0.5)) for t in terms}
+    idf_sum = sum(idf.values()) or 1.0
+    top = max(t.score for t in cands.values()) or 1.0
+    base = {mid: t.score / top for mid, t in cands.items()}
+
+    # Session coverage: the share of the query's information the session's matching turns hold.
+    matched: dict[str, set[str]] = {}
+    for t in cands.values():
+        matched.setdefault(t.session_id, set()).update(_stems(conn, t.content) & idf.keys())
+    coverage = {sid: sum(idf[s] for s in stems) / idf_sum for sid, stems in matched.items()}
+
+    # Neighbours: the turns around a match often hold the answer (a reply, a follow-up).
+    span = p.neighbour_span
+    ranked = sorted(cands.values(), key=lambda t: -t.score)[: max(limit, 60)]
+    windows = [[t.session_id, t.seq - span, t.seq + span] for t in ranked]
+    by_pos: dict[tuple[str, int], Turn] = {(t.session_id, t.seq): t for t in cands.values()}
+    for r in conn.execute(_WINDOWS_SQL, (msgspec.json.encode(windows).decode(), user_id)):
+        if r[0] in exclude_ids or (r[1], r[2]) in by_pos:
+            continue
+        by_pos[(r[1], r[2])] = Turn(
+            message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=0.0,
+            source="neighbour",
+        )
+    base_at = {(t.session_id, t.seq): base.get(t.message_id, 0.0) for t in by_pos.values()}
+
+    wanted_roles: set[str] = set()
+    for stem in named:
+        for name, pairs in speakers.items():
+            if name.startswith(stem) or stem.startswith(name):
+                wanted_roles |= pairs
+
+    order = sorted({t.created_at[:10] + t.session_id for t in by_pos.values()})
+    rank_of = {k: i for i, k in enumerate(order)}
+    for (sid, seq), t in by_pos.items():
+        near = max((base_at.get((sid, seq + d), 0.0) for d in range(-span, span + 1) if d), default=0.0)
+        score = base_at[(sid, seq)] + p.neighbour_weight * near + p.session_weight * coverage.get(sid, 0.0)
+        if wanted_roles and f"{sid}\x1f{t.role}" in wanted_roles:
+            score += p.speaker_weight
+        score += p.recency_weight * rank_of[t.created_at[:10] + sid] / max(len(order) - 1, 1)
+        t.score = score
+    return sorted(by_pos.values(), key=lambda t: (-t.score, t.created_at, t.seq))[:limit]
+
+
+# -- full-text search (the API endpoint) ---------------------------------------------------
+
+_SEARCH_SQL = """
+SELECT m.message_id, m.session_id, m.seq, m.created_at, m.role,
+       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, bm25(messages_fts) AS s
+FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
+WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
+ORDER BY s, m.rowid LIMIT ? OFFSET ?
+"""
+
+
+def search(conn: apsw.Connection, user_id: str, q: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
+    """Full-text search over one user's messages; any string is safe and treated as text.
+
+    All non-stop-word terms are ORed (BM25 favours turns holding more of them); a query made
+    only of stop-words searches for them, so "to be or not to be" still finds something.
+    """
+    terms = query_terms(conn, q, max_terms=32)
+    if not terms:
+        terms = [QueryTerm(s, st, 0) for s, st in dict.fromkeys(_tokens(conn, q, apsw.FTS5_TOKENIZE_QUERY))][:32]
+    if not terms:
+        return []
+    limit = max(0, min(int(limit), 1000))
+    offset = max(0, int(offset))
+    rows = conn.execute(_SEARCH_SQL, (fts_query(terms), user_id, limit, offset)).fetchall()
+    return [
+        SearchHit(message_id=r[0], session_id=r[1], seq=r[2], created_at=r[3], role=r[4], snippet=r[5], score=-r[6])
+        for r in rows
+    ]

@@ -1,0 +1,177 @@
+"""``ccn-node bench ledger``: build an n-entry ledger in a temporary SQLite file and
+measure what the issue sets targets for (audit, seal + sign, proofs), next to them.
+
+The ledger is built in bulk (hashes computed in memory, rows inserted with
+executemany) so that a million entries take seconds, not minutes; the blocks are sealed
+through the real ``CheckpointSigner``, and appends and seals are then timed through the
+real ``MerkleTree.append`` / ``seal_block`` path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from ccn_node.ledger import chain, merkle
+from ccn_node.ledger.note import NoteSigner
+from ccn_node.ledger.schema import ledger_schema_sql
+from ccn_node.ledger.tree_store import MerkleTree
+
+TARGETS = {
+    "audit_s": 5.0,
+    "seal_sign_ms": 2.0,
+    "inclusion_proof_us": 100.0,
+    "consistency_proof_us": 100.0,
+}
+ORIGIN = "bench.ccn.invalid/ledger"
+
+
+def _leaf(i: int) -> bytes:
+    """~100 bytes, the size of a leaf that commits to a content hash, not the content."""
+    return b"ccn-bench/v1\x00" + i.to_bytes(8, "big") + hashlib.sha256(i.to_bytes(8, "big")).digest() * 2 + bytes(16)
+
+
+def _bulk_fill(conn: apsw.Connection, n: int) -> None:
+    sha = hashlib.sha256
+    leaves = [_leaf(i) for i in range(n)]
+    level = b"".join([sha(b"\x00" + x).digest() for x in leaves])
+    conn.executemany(
+        "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes) VALUES (?, 'bench', ?, ?)",
+        ((i, f"m{i}", x) for i, x in enumerate(leaves)),
+    )
+    del leaves
+    lv = 0
+    while True:
+        count = len(level) // 32
+        conn.executemany(
+            "INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)",
+            ((lv, i, level[32 * i : 32 * i + 32]) for i in range(count)),
+        )
+        if count < 2:
+            break
+        level = b"".join(
+            [sha(b"\x01" + level[i : i + 64]).digest() for i in range(0, 64 * (count // 2), 64)]
+        )
+        lv += 1
+
+
+def _median_us(fn: Any, args: list[tuple[int, ...]]) -> float:
+    times = []
+    for a in args:
+        t = time.perf_counter()
+        fn(*a)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
+
+
+def run_ledger_bench(n: int = 1_000_000, block_every: int = 1000, seed: int = 1) -> dict[str, Any]:
+    """Build an ``n``-entry ledger (a block every ``block_every`` entries) in a temporary
+    file and return the measured figures with their targets."""
+    rnd = random.Random(seed)
+    key = NoteSigner.generate(ORIGIN)
+    with tempfile.TemporaryDirectory(prefix="ccn-ledger-bench-") as tmp:
+        path = Path(tmp) / "ledger.db"
+        conn = apsw.Connection(str(path))
+        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                     "PRAGMA cache_size=-65536")
+        conn.execute(ledger_schema_sql())
+        tree = MerkleTree(conn)
+        signer = chain.CheckpointSigner(conn, key)
+
+        t0 = time.perf_counter()
+        with conn:
+            _bulk_fill(conn, n)
+            prev = None
+            for size in range(block_every, n + 1, block_every):
+                size, root, note = signer.sign_tree(tree, size)
+                prev = chain.next_block(prev, tree_size=size, root=root,
+                                        timestamp=1_700_000_000_000 + size,
+                                        data_snapshot=chain.canonical_json({"size": size}),
+                                        checkpoint=note)
+                chain.insert_block(conn, prev)
+        build_s = time.perf_counter() - t0
+
+        # Proofs at n, from random points (fresh cursor work each time, like the API).
+        inc = _median_us(tree.inclusion_proof, [(rnd.randrange(n), n) for _ in range(2000)])
+        con = _median_us(tree.consistency_proof,
+                         [(rnd.randrange(1, n), n) for _ in range(2000)])
+
+        # Full audit on a fresh connection.
+        conn2 = apsw.Connection(str(path))
+        conn2.execute("PRAGMA cache_size=-65536")
+        report = chain.audit(conn2, [key.verifier()], origin=ORIGIN)
+        conn2.close()
+
+        # Appends and seals through the real path (each seal after 100 appends).
+        append_t: list[float] = []
+        seal_t: list[float] = []
+        for r in range(20):
+            with conn:
+                for i in range(100):
+                    data = _leaf(n + 100 * r + i)
+                    t = time.perf_counter()
+                    tree.append(data, "bench", f"x{r}.{i}")
+                    append_t.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                chain.seal_block(conn, tree, signer, timestamp=1_800_000_000_000 + r,
+                                 data_snapshot=chain.canonical_json({"round": r}))
+                seal_t.append(time.perf_counter() - t)
+        blocks = conn.execute("SELECT count(*) FROM verification_chain").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db_bytes = path.stat().st_size
+        conn.close()
+
+    values = {
+        "audit_s": report.seconds,
+        "seal_sign_ms": statistics.median(seal_t) * 1e3,
+        "inclusion_proof_us": inc,
+        "consistency_proof_us": con,
+        "append_us": statistics.median(append_t) * 1e6,
+    }
+    figures = {
+        name: {"value": v, "target": TARGETS.get(name),
+               "met": None if name not in TARGETS else v <= TARGETS[name]}
+        for name, v in values.items()
+    }
+    return {
+        "entries": n,
+        "blocks": blocks,
+        "block_every": block_every,
+        "build_s": build_s,
+        "db_mb": db_bytes / 1e6,
+        "audit_ok": report.ok,
+        "audit_summary": report.summary(),
+        "cpus": os.cpu_count(),
+        "figures": figures,
+    }
+
+
+def format_ledger_bench(result: dict[str, Any]) -> list[str]:
+    """Printable lines, one figure each, next to its target."""
+    units = {"audit_s": "s", "seal_sign_ms": "ms", "inclusion_proof_us": "µs",
+             "consistency_proof_us": "µs", "append_us": "µs"}
+    lines = [f"ledger bench: {result['entries']:,} entries, {result['blocks']} blocks, "
+             f"{result['db_mb']:.0f} MB, built in {result['build_s']:.1f} s"]
+    for name, f in result["figures"].items():
+        unit = units[name]
+        target = "" if f["target"] is None else f"  (target ≤ {f['target']:g} {unit})"
+        verdict = "" if f["met"] is None else ("  OK" if f["met"] else "  MISSED")
+        lines.append(f"  {name:<22} {f['value']:>10.2f} {unit}{target}{verdict}")
+    lines.append(f"  {result['audit_summary']}")
+    return lines
+
+
+if __name__ == "__main__":  # pragma: no cover - manual run
+    import sys
+
+    for line in format_ledger_bench(run_ledger_bench(int(sys.argv[1]) if len(sys.argv) > 1
+                                                     else 1_000_000)):
+        print(line)

@@ -1,0 +1,179 @@
+"""The persistent Merkle log in SQLite: every complete subtree hash, stored once.
+
+Each append writes the leaf row, its level-0 hash and the parents it completes
+(amortised two node rows, at most log2 n), so roots and proofs at *any* past size
+are folds of at most 2·log2 n stored hashes fetched with one query. The tree never
+opens or commits a transaction: it runs inside the caller's (the state machine's),
+so a leaf exists exactly when the command that produced it was applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apsw
+
+from ccn_node.ledger import merkle
+from ccn_node.ledger.merkle import NodeId, ProofError
+from ccn_node.ledger.schema import ledger_schema_sql
+
+__all__ = ["Leaf", "MerkleTree", "ledger_schema_sql"]
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One ledger entry as stored: its canonical bytes and what it refers to."""
+
+    index: int
+    leaf_hash: bytes
+    kind: str
+    ref: str
+    leaf_bytes: bytes
+
+
+class MerkleTree:
+    """RFC 6962 tree over ``ledger_leaves`` / ``ledger_nodes`` on one apsw connection.
+
+    Keeps the right frontier (the complete subtrees of the current size) in memory
+    so an append needs no reads but one check; the check (last stored leaf index and
+    hash equal the cached ones) makes a rolled-back transaction harmless: the
+    cache is then reloaded from the database. ``reset_cache()`` forces that.
+    """
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self._size: int | None = None
+        self._frontier: list[tuple[int, bytes]] = []  # (level, hash), largest first
+        self._last_leaf: bytes = b""
+
+    # -- writes ------------------------------------------------------------------------
+
+    def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int:
+        """Add one leaf; returns its index. Must run inside the caller's transaction."""
+        size = self._checked_size()
+        cur = self._conn.cursor()
+        h = merkle.leaf_hash(leaf_bytes)
+        cur.execute(
+            "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes) VALUES (?, ?, ?, ?)",
+            (size, kind, ref, leaf_bytes),
+        )
+        rows = [(0, size, h)]
+        frontier = self._frontier
+        i, level, node = size, 0, h
+        while i & 1:
+            _, left = frontier.pop()
+            node = merkle.node_hash(left, node)
+            i >>= 1
+            level += 1
+            rows.append((level, i, node))
+        frontier.append((level, node))
+        cur.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
+        self._size = size + 1
+        self._last_leaf = h
+        return size
+
+    def reset_cache(self) -> None:
+        """Forget the cached frontier (call after a rollback, or after a restore)."""
+        self._size = None
+        self._frontier = []
+        self._last_leaf = b""
+
+    def _checked_size(self) -> int:
+        row = self._conn.execute(
+            "SELECT idx, hash FROM ledger_nodes WHERE level = 0 ORDER BY idx DESC LIMIT 1"
+        ).fetchone()
+        db_size, db_last = (0, b"") if row is None else (row[0] + 1, row[1])
+        if self._size != db_size or self._last_leaf != db_last:
+            self._load(db_size, db_last)
+        return db_size
+
+    def _load(self, size: int, last: bytes) -> None:
+        ids = merkle.perfect_subtrees(0, size)
+        found = self._nodes(ids)
+        try:
+            self._frontier = [(nid[0], found[nid]) for nid in ids]
+        except KeyError as exc:
+            raise ProofError(f"stored tree lacks node (level, idx) = {exc.args[0]}") from None
+        self._size = size
+        self._last_leaf = last
+
+    # -- reads -------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Number of leaves stored (read from the database, not the cache)."""
+        row = self._conn.execute("SELECT max(idx) FROM ledger_nodes WHERE level = 0").fetchone()
+        return 0 if row is None or row[0] is None else row[0] + 1
+
+    def root(self, size: int | None = None) -> bytes:
+        """Root hash at ``size`` (default: now): a fold of <= log2 n stored nodes."""
+        current = self.size()
+        if size is None:
+            size = current
+        if not 0 <= size <= current:
+            raise ProofError(f"tree size {size} not reached (size is {current})")
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        ids = merkle.perfect_subtrees(0, size)
+        found = self._nodes(ids)
+        try:
+            return merkle.fold_range([found[nid] for nid in ids])
+        except KeyError as exc:
+            raise ProofError(f"stored tree lacks node (level, idx) = {exc.args[0]}") from None
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Audit path for leaf ``index`` in the tree of ``size`` leaves (RFC 9162 §2.1.3.1)."""
+        return self._proof(merkle.inclusion_ranges(index, size), size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """Consistency proof from ``size1`` to ``size2`` (RFC 9162 §2.1.4.1)."""
+        return self._proof(merkle.consistency_ranges(size1, size2), size2)
+
+    def _proof(self, ranges: list[tuple[int, int]], size: int) -> list[bytes]:
+        """One query for every node of the proof plus leaf ``size - 1``: the latter tells
+        that the tree has reached ``size`` without a separate read."""
+        parts = [merkle.perfect_subtrees(lo, hi) for lo, hi in ranges]
+        last = (0, size - 1)
+        wanted = {nid for p in parts for nid in p}
+        wanted.add(last)
+        found = self._nodes(list(wanted))
+        if last not in found:
+            raise ProofError(f"tree size {size} not reached")
+        try:
+            return [merkle.fold_range([found[nid] for nid in p]) for p in parts]
+        except KeyError as exc:
+            raise ProofError(f"stored tree lacks node (level, idx) = {exc.args[0]}") from None
+
+    def leaf(self, index: int) -> Leaf:
+        """The stored leaf at ``index`` with its stored hash; KeyError if absent."""
+        row = self._conn.execute(
+            "SELECT l.kind, l.ref, l.leaf_bytes, n.hash FROM ledger_leaves l "
+            "JOIN ledger_nodes n ON n.level = 0 AND n.idx = l.idx WHERE l.idx = ?",
+            (index,),
+        ).fetchone()
+        if row is None:
+            raise KeyError(index)
+        return Leaf(index, row[3], row[0], row[1], row[2])
+
+    def find(self, ref: str, kind: str | None = None) -> list[int]:
+        """Leaf indices recorded for ``ref`` (e.g. a message id), oldest first."""
+        if kind is None:
+            rows = self._conn.execute(
+                "SELECT idx FROM ledger_leaves WHERE ref = ? ORDER BY idx", (ref,)
+            )
+        else:
+            rows = self._conn.execute(
+                "SELECT idx FROM ledger_leaves WHERE ref = ? AND kind = ? ORDER BY idx",
+                (ref, kind),
+            )
+        return [r[0] for r in rows]
+
+    def _nodes(self, ids: list[NodeId]) -> dict[NodeId, bytes]:
+        """Fetch stored subtree hashes with one query (row-value IN over the primary key)."""
+        if not ids:
+            return {}
+        sql = (
+            "SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES "
+            + ",".join(["(?,?)"] * len(ids))
+            + ")"
+        )
+        args = [x for nid in ids for x in nid]
+        return {(lv, ix): h for lv, ix, h in self._conn.execute(sql, args)}

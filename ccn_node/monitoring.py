@@ -1,0 +1,127 @@
+"""Prometheus metrics of the node, under the specification's names.
+
+One registry per node (tests run several nodes in one process). Per-conversation gauges are
+capped in label cardinality: past ``max_conversations`` labels the oldest is dropped, so a
+busy node cannot grow its scrape without bound. Gauges that describe stored state (counts,
+raft status, ledger size) are read at scrape time through callbacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # the *_created series double the scrape and say nothing useful here
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SCORES = ("phi", "ccc", "trust", "emergence")
+
+StateReader = Callable[[], dict[str, float]]
+
+
+class _StateCollector:
+    """Gauges computed at scrape time from callbacks registered by the node."""
+
+    def __init__(self) -> None:
+        self.readers: list[tuple[str, str, StateReader]] = []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, doc, reader in self.readers:
+            try:
+                values = reader()
+            except Exception:  # a failing reader must not break the scrape
+                continue
+            if set(values) == {""}:
+                yield GaugeMetricFamily(name, doc, value=values[""])
+                continue
+            family = GaugeMetricFamily(name, doc, labels=["key"])
+            for key, value in values.items():
+                family.add_metric([key], value)
+            yield family
+
+
+class Monitoring:
+    def __init__(self, max_conversations: int = 200) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.max_conversations = max_conversations
+        self._tracked: OrderedDict[str, None] = OrderedDict()
+        self.http_requests = Counter(
+            "ccn_http_requests_total", "HTTP requests by route template", ["method", "endpoint", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "ccn_http_request_duration_seconds", "HTTP request duration by route template", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ws_active = Gauge("ccn_websocket_connections_active", "Open WebSocket connections", registry=r)
+        self.api_tokens = Counter("ccn_api_tokens_total", "Model tokens by type", ["type"], registry=r)
+        self.api_cost = Counter("ccn_api_cost_dollars_total", "Model cost in USD (by the pricing table)", registry=r)
+        self.turn_seconds = Histogram(
+            "ccn_turn_duration_seconds", "Whole turn duration, model time included", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.scores = {
+            name: Gauge(f"consciousness_{name}_score", f"Last {name} of a conversation (see DESIGN.md)",
+                        ["session_id"], registry=r)
+            for name in SCORES
+        }
+        self.drift = Gauge("ccn_character_drift", "Last drift from the baseline, per conversation",
+                           ["session_id"], registry=r)
+        self.spawn_seconds = Histogram("ccn_instance_spawn_seconds", "Instance spawn time, validation included",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.consensus_rounds = Counter("ccn_consensus_rounds_total", "Consensus rounds committed", registry=r)
+        self.consensus_latency = Histogram("ccn_consensus_latency_seconds", "Consensus round duration",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.outliers = Counter("ccn_outlier_instances_total", "Instances flagged as outliers", registry=r)
+        self._state = _StateCollector()
+        r.register(self._state)
+
+    def add_state(self, name: str, doc: str, reader: StateReader) -> None:
+        """A gauge read at scrape time: reader returns {label: value}, or {"": value} for one value."""
+        self._state.readers.append((name, doc, reader))
+
+    def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, endpoint, str(status)).inc()
+        self.http_duration.labels(endpoint).observe(seconds)
+
+    def observe_turn(self, session_id: str, usage: dict[str, Any], cost: float, metrics: dict[str, float],
+                     seconds: float) -> None:
+        for kind, key in (("input", "input_tokens"), ("output", "output_tokens"),
+                          ("cache_creation", "cache_creation_input_tokens"), ("cache_read", "cache_read_input_tokens")):
+            value = usage.get(key) or 0
+            if value:
+                self.api_tokens.labels(kind).inc(value)
+        if cost:
+            self.api_cost.inc(cost)
+        self.turn_seconds.observe(seconds)
+        self._track(session_id)
+        for name in SCORES:
+            if name in metrics:
+                self.scores[name].labels(session_id).set(metrics[name])
+        if "drift_baseline" in metrics:
+            self.drift.labels(session_id).set(metrics["drift_baseline"])
+
+    def _track(self, session_id: str) -> None:
+        if session_id in self._tracked:
+            self._tracked.move_to_end(session_id)
+            return
+        self._tracked[session_id] = None
+        while len(self._tracked) > self.max_conversations:
+            old, _ = self._tracked.popitem(last=False)
+            for gauge in (*self.scores.values(), self.drift):
+                try:
+                    gauge.remove(old)
+                except KeyError:
+                    pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def monotonic_age(since: float | None) -> float:
+    return -1.0 if since is None else time.time() - since

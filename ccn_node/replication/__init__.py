@@ -1,0 +1,1 @@
+"""Commands, the deterministic state machine and the command logs (local and Raft)."""

@@ -1,0 +1,190 @@
+"""Every write to the node, as a command: a msgspec tagged union encoded as msgpack.
+
+A command carries everything its effect needs — ids, timestamps, derived values — so that
+applying it is deterministic on every node. ``request_id`` makes it exactly-once: the state
+machine stores the outcome of each request id and returns it again for a duplicate.
+
+Append-only rule: never rename or remove a tag or a field; add new fields with defaults, so
+journals and snapshots written by older versions keep decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+
+class Command(msgspec.Struct, tag_field="t", kw_only=True, frozen=True, omit_defaults=True):
+    """Base of every command; ``request_id`` is chosen by the proposer."""
+
+    request_id: str
+
+
+class Noop(Command, tag="noop"):
+    """A barrier: committing it proves the proposer's view of the log is current."""
+
+
+class CreateUser(Command, tag="user.create"):
+    user_id: str
+    name: str
+    role: str
+    created_at: str
+    retention_days: int | None = None
+
+
+class SetUserRetention(Command, tag="user.retention"):
+    user_id: str
+    retention_days: int | None
+
+
+class RecordPlate(Command, tag="plate.record"):
+    """A new version of THE PLATE (or the first one) became current."""
+
+    version: str
+    sha256: str
+    name: str
+    content: str
+    recorded_at: str
+
+
+class StartConversation(Command, tag="conv.start"):
+    session_id: str
+    user_id: str
+    title: str
+    created_at: str
+    plate_version: str
+    plate_sha256: str
+    metadata: dict[str, Any] = {}
+
+
+class EndConversation(Command, tag="conv.end"):
+    session_id: str
+    ended_at: str
+    reason: str = "client"
+
+
+class AppendMessage(Command, tag="msg.append"):
+    """One message of a conversation; an assistant message carries what produced it."""
+
+    message_id: str
+    session_id: str
+    user_id: str
+    role: str
+    content: str
+    created_at: str
+    tokens: int
+    idempotency_key: str | None = None
+    reply_to: str | None = None
+    model: str | None = None
+    manifest: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    character_snapshot: list[float] | None = None
+    relational_state: list[float] | None = None
+    metrics: dict[str, float] | None = None
+    instance_id: str | None = None
+    kind: str = "chat"  # "chat" or "validation" (validation answers are never shown)
+
+
+class RegisterInstance(Command, tag="inst.register"):
+    instance_id: str
+    session_id: str
+    node_id: str
+    spawned_at: str
+    plate_version: str
+    validation: dict[str, Any] | None = None
+    status: str = "active"
+
+
+class HeartbeatInstance(Command, tag="inst.heartbeat"):
+    instance_id: str
+    at: str
+    character_vector: list[float] | None = None
+    drift: float | None = None
+
+
+class TerminateInstance(Command, tag="inst.terminate"):
+    instance_id: str
+    at: str
+    reason: str
+
+
+class RecordConsensus(Command, tag="consensus.record"):
+    round_id: str
+    created_at: str
+    term: int
+    node_id: str
+    instance_count: int
+    consensus_vector: list[float]
+    outliers: list[str]
+    drifts: dict[str, float]
+    latency_ms: float
+
+
+class SealBlock(Command, tag="ledger.seal"):
+    """Close a block of the verification chain at a tree size fixed by the proposer."""
+
+    block_number: int
+    tree_size: int
+    root_hex: str
+    previous_hash: str
+    current_hash: str
+    sealed_at: str
+    data_snapshot: dict[str, Any]
+    checkpoint: str
+
+
+class EraseUserData(Command, tag="erase.user"):
+    """Erase message content of a user (older than ``before`` when given); hashes stay."""
+
+    user_id: str
+    erased_at: str
+    before: str | None = None
+    reason: str = "request"
+
+
+AnyCommand = (
+    Noop
+    | CreateUser
+    | SetUserRetention
+    | RecordPlate
+    | StartConversation
+    | EndConversation
+    | AppendMessage
+    | RegisterInstance
+    | HeartbeatInstance
+    | TerminateInstance
+    | RecordConsensus
+    | SealBlock
+    | EraseUserData
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyCommand)
+
+
+def encode(command: Command) -> bytes:
+    return _encoder.encode(command)
+
+
+def decode(entry: bytes) -> Command:
+    """Decode a log entry; raises msgspec.DecodeError / ValidationError on bad bytes."""
+    return _decoder.decode(entry)
+
+
+def content_sha256(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def leaf_bytes(command: Command) -> bytes:
+    """The canonical bytes the ledger commits to for a command.
+
+    Message content is replaced by its SHA-256 so that erasing content later keeps every
+    proof valid: the leaf commits to the hash, and the hash stays in the row.
+    """
+    if isinstance(command, AppendMessage):
+        return _encoder.encode(msgspec.structs.replace(command, content="sha256:" + content_sha256(command.content)))
+    if isinstance(command, RecordPlate):
+        return _encoder.encode(msgspec.structs.replace(command, content="sha256:" + content_sha256(command.content)))
+    return _encoder.encode(command)

@@ -1,0 +1,886 @@
+"""RaftLog: the command log replicated among peer nodes with pysyncobj.
+
+A thin bridge. pysyncobj runs on one dedicated thread (``autoTick=False``, we call
+``doTick``) and owns the Raft protocol; the state machine owns SQLite. The bridge adds what
+pysyncobj lacks for a database behind it:
+
+- **one transaction per tick**: the first apply of a tick opens a write transaction, the
+  tick's end commits it; pysyncobj's per-command callbacks are held until that COMMIT and
+  then resolve the asyncio futures in one ``call_soon_threadsafe``;
+- **durability = "fsync"**: pysyncobj never fsyncs its journal. In this mode the journal is
+  msync'ed once per tick, a follower's acknowledgements (``next_node_idx``) are held until
+  then, the leader counts itself in a commit only on the tick after its entries were flushed,
+  and the term/vote file is fsynced before a vote leaves the node (group commit: one
+  flush per tick, however many entries it carried);
+- **snapshots** through pysyncobj's serializer hooks: a consistent SQLite backup (taken on a
+  background thread, so heartbeats keep flowing) plus pysyncobj's raft data in one file;
+  a restored snapshot replaces the database only if the database is behind it;
+- **proposals** that retry on their own while the outcome is certain not to have happened
+  or is made harmless by the state machine's request-id dedup, and otherwise end in the
+  errors of ``log.py``.
+
+pysyncobj internals used (checked at start; written against pysyncobj 0.3.17): the journal
+object ``_SyncObj__raftLog`` (flush, term file), the transport ``_SyncObj__transport``,
+``_SyncObj__lastResponseTime`` (leader lease) and ``_SyncObj__noopIDx`` (leadership is
+announced once the leader's first entry of its term is applied).
+
+**Never add a second ``@replicated`` method** to ``_RaftNode``: pysyncobj numbers replicated
+methods by sorted name, the journal stores the number, and a new method renumbers the old
+ones — every existing journal and snapshot would then replay into the wrong method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import msgspec
+from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, replicated
+from pysyncobj.journal import Journal, MetaStorer
+from pysyncobj.node import TCPNode
+from pysyncobj.transport import TCPTransport
+
+from ccn_node.replication.log import (
+    ApplyResult,
+    BackpressureError,
+    CommandLogError,
+    LogStatus,
+    LogStoppedError,
+    NoQuorumError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    PeerStatus,
+)
+from ccn_node.replication.raft_snapshot import (
+    SnapshotHeader,
+    fsync_dir,
+    fsync_file,
+    read_snapshot,
+    write_snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+BARRIER_ENTRY = b""
+"""The entry ``barrier()`` commits: handled by the bridge, never passed to the state machine."""
+
+_PRIVATE_ATTRS = (
+    "_SyncObj__raftLog",
+    "_SyncObj__transport",
+    "_SyncObj__lastResponseTime",
+    "_SyncObj__noopIDx",
+)
+
+
+class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[cluster]`` of ccn.toml. Addresses are ``host:port`` strings, identical on every node.
+
+    Defaults are chosen and measured in replication/DESIGN.md, section "Raft".
+    """
+
+    self_address: str
+    peers: list[str] = []  # the other members (this node's own address is ignored if listed)
+    secret: str = ""  # pysyncobj password: encrypts and authenticates; required with peers
+    data_dir: str = "."  # holds raft/journal, raft/journal.meta, raft/snapshot
+    bind_address: str | None = None  # default: self_address (never all interfaces)
+    durability: Literal["fast", "fsync"] = "fsync"
+    heartbeat_s: float = 0.05
+    election_min_s: float = 0.4
+    election_max_s: float = 0.8
+    leader_fallback_s: float | None = None  # default: election_min_s
+    connection_timeout_s: float = 3.5
+    connect_retry_s: float = 0.5
+    max_in_flight: int = 4096
+    commands_queue_size: int = 16384
+    propose_timeout_s: float = 10.0
+    compaction_min_entries: int = 50_000
+    compaction_min_time_s: float = 3600.0
+    append_batch_bytes: int = 1 << 16
+    bind_retries: int = 20
+    tick_wait_s: float = 0.02
+
+    def validate(self) -> None:
+        """Refuse settings that are unsafe, whatever pysyncobj would accept."""
+        if self.others() and not self.secret:
+            raise ValueError(
+                "cluster.secret is required when cluster.peers is set: pysyncobj unpickles "
+                "what it receives, so an open raft port lets anyone run code on this node"
+            )
+        if not (0 < self.heartbeat_s * 3 < self.election_min_s < self.election_max_s):
+            raise ValueError("need 3 * heartbeat_s < election_min_s < election_max_s")
+        if self.connection_timeout_s < self.election_max_s:
+            raise ValueError("connection_timeout_s must be >= election_max_s")
+        if self.max_in_flight < 1 or self.commands_queue_size < self.max_in_flight:
+            raise ValueError("need 1 <= max_in_flight <= commands_queue_size")
+
+    def others(self) -> list[str]:
+        return [p for p in dict.fromkeys(self.peers) if p != self.self_address]
+
+    @property
+    def raft_dir(self) -> str:
+        return os.path.join(self.data_dir, "raft")
+
+
+class RaftStateMachine(Protocol):
+    """What RaftLog needs from the state machine (replication/state_machine.py)."""
+
+    applied_index: int
+
+    def begin(self) -> None: ...
+
+    def apply(self, index: int, entry: bytes) -> ApplyResult: ...
+
+    def commit(self) -> None: ...
+
+    def backup_to(self, path: str) -> None: ...
+
+    def restore_from(self, path: str) -> bool: ...
+
+
+class _FatalError(RuntimeError):
+    """The state machine or the disk failed mid-tick: stop this node rather than diverge."""
+
+
+class _FsyncMetaStorer(MetaStorer):
+    """pysyncobj's term/vote file, but fsynced before the rename and after it.
+
+    Raft needs currentTerm and votedFor on stable storage before a vote is sent; the stock
+    storer only renames an unsynced file, so a power cut could let a node vote twice.
+    """
+
+    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 (pysyncobj's name)
+        from pysyncobj.pickle import dumps
+
+        path = self.getPath()
+        with open(path + ".tmp", "wb") as f:
+            f.write(dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+class _TrackedJournal(Journal):
+    """pysyncobj's file journal, remembering whether it changed since the last flush."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.dirty = False
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        self.inner.add(command, idx, term)
+        self.dirty = True
+
+    def clear(self) -> None:
+        self.inner.clear()
+        self.dirty = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803
+        self.inner.deleteEntriesFrom(entryFrom)
+        self.dirty = True
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803
+        self.inner.deleteEntriesTo(entryTo)
+        self.dirty = True
+
+    def __getitem__(self, item: Any) -> Any:
+        return self.inner[item]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def _destroy(self) -> None:
+        self.inner._destroy()
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+        self.inner.setRaftCommitIndex(raftCommitIndex)
+
+    def getRaftCommitIndex(self) -> int:  # noqa: N802
+        return self.inner.getRaftCommitIndex()
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+        self.inner.setCurrentTerm(term, votedForNodeId)
+
+    def getCurrentTerm(self) -> int:  # noqa: N802
+        return self.inner.getCurrentTerm()
+
+    def getVotedForNodeId(self) -> Any:  # noqa: N802
+        return self.inner.getVotedForNodeId()
+
+    def onOneSecondTimer(self) -> None:  # noqa: N802
+        self.inner.onOneSecondTimer()
+
+    def flush(self) -> None:
+        """msync the journal (a datasync of the mapped file), once per tick at most."""
+        if self.dirty:
+            self.inner.flush()
+            self.dirty = False
+
+
+class _AckHoldingTransport(TCPTransport):
+    """Holds a follower's append acknowledgements until the tick has flushed the journal."""
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
+        super().__init__(syncObj, selfNode, otherNodes)
+        self.hold = False
+        self.held: list[tuple[Any, dict[str, Any]]] = []
+
+    def send(self, node: Any, message: Any) -> bool:
+        if self.hold and message.get("type") == "next_node_idx":
+            self.held.append((node, message))
+            return True
+        return super().send(node, message)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for node, message in held:
+            super().send(node, message)
+
+
+class _RaftNode(SyncObj):
+    """The SyncObj: exactly one replicated method, which hands the entry to the bridge."""
+
+    def __init__(self, bridge: RaftLog, self_address: str, others: list[str], conf: SyncObjConf) -> None:
+        self._bridge = bridge
+        super().__init__(self_address, others, conf, transportClass=_AckHoldingTransport)
+
+    @replicated
+    def apply_entry(self, entry: bytes) -> ApplyResult | None:
+        return self._bridge._apply_on_tick(entry)
+
+
+@dataclass(slots=True, eq=False)
+class _Proposal:
+    entry: bytes
+    request_id: str | None  # None for a barrier
+    future: asyncio.Future[Any]
+    deadline: float  # loop.time()
+    attempt: int = 0
+    maybe_applied: bool = False  # some attempt may have been appended to the log
+    waiting: bool = False  # between attempts (certainly nothing of this attempt in the log)
+    timer: asyncio.TimerHandle | None = None
+    done_at: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _SnapshotJob:
+    generation: int
+    path: str
+    header: SnapshotHeader
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+
+_ROLE = {0: "follower", 1: "candidate", 2: "leader"}
+_RETRY_S = 0.02
+_LEADER_WAIT_S = 0.1
+
+
+class RaftLog:
+    """The command log of a cluster member (see the module docstring for how)."""
+
+    def __init__(
+        self,
+        state_machine: RaftStateMachine,
+        settings: ClusterSettings,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        settings.validate()
+        self.sm = state_machine
+        self.settings = settings
+        self._loop = loop
+        self._durable = settings.durability == "fsync"
+        self._raft: _RaftNode | None = None
+        self._journal: _TrackedJournal | None = None
+        self._transport: _AckHoldingTransport | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._stopped = False
+        self._fatal: BaseException | None = None
+        # tick-thread state
+        self._tick_ident: int | None = None
+        self._in_txn = False
+        self._outcomes: list[tuple[_Proposal, int, Any, int]] = []
+        self._snap_job: _SnapshotJob | None = None
+        self._snap_generation = 0
+        self._snapshot_installed = False
+        self._last_leader: Any = None
+        self._announced_leader = False
+        self._next_publish = 0.0
+        # published by the tick thread, read anywhere
+        self._status: LogStatus = self._initial_status()
+        self._lease_until = 0.0
+        self._leader_flag = False
+        self.counters: dict[str, int] = {"ticks": 0, "snapshots_written": 0, "snapshots_installed": 0}
+        # loop-thread state
+        self._in_flight: set[_Proposal] = set()
+        self._leader_waiters: set[_Proposal] = set()
+        self._leadership_listeners: list[Callable[[bool], None]] = []
+        self._fatal_listeners: list[Callable[[BaseException], None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the raft port and start ticking; raises if the port cannot be bound."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        os.makedirs(self.settings.raft_dir, exist_ok=True)
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="ccn-raft", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    async def stop(self) -> None:
+        """Stop ticking, close the port and the journal; fail what is still in flight."""
+        self._stopped = True
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+        for prop in list(self._in_flight):
+            self._finish_error(prop, self._undecided_error(prop, "the node is stopping", stopping=True))
+
+    # -- the CommandLog interface ------------------------------------------------------------
+
+    async def propose(self, entry: bytes, request_id: str, timeout: float | None = None) -> ApplyResult:
+        """Commit ``entry`` through the leader; resolve once applied and committed here."""
+        if not entry:
+            raise ValueError("an empty entry is reserved for barrier()")
+        return await self._propose(entry, request_id, timeout)
+
+    async def barrier(self, timeout: float | None = None) -> None:
+        """Commit a no-op through the log: afterwards this node has applied every write
+        acknowledged anywhere before the call (a linearizable read point)."""
+        await self._propose(BARRIER_ENTRY, None, timeout)
+
+    def status(self) -> LogStatus:
+        """As of the last tick (at most ~100 ms old; role changes are published at once)."""
+        return self._status
+
+    def is_leader(self) -> bool:
+        return self._leader_flag and self._fatal is None and not self._stopped
+
+    def has_leader_lease(self) -> bool:
+        """Leader, and a majority answered within the last election_min_s - heartbeat_s."""
+        return self.is_leader() and time.monotonic() < self._lease_until
+
+    def check_leader_read(self) -> None:
+        """For ``leader`` consistency reads: refuse on a follower or a cut-off leader."""
+        if not self.is_leader():
+            leader = self._status.leader
+            raise NotLeaderError(f"this node is not the leader (leader: {leader or 'unknown'})")
+        if not self.has_leader_lease():
+            raise NoQuorumError("this leader has not heard from a majority recently", retry_after=1.0)
+
+    def add_leadership_listener(self, callback: Callable[[bool], None]) -> None:
+        """Called on the event loop with True once this node leads and has applied its
+        term's first entry (safe to start leader-only duties), False when it stops leading."""
+        self._leadership_listeners.append(callback)
+
+    def add_fatal_listener(self, callback: Callable[[BaseException], None]) -> None:
+        """Called on the event loop if the node stopped itself to avoid diverging (storage
+        failed during apply). The process should exit; a restart replays the journal."""
+        self._fatal_listeners.append(callback)
+
+    def force_compaction(self) -> None:
+        """Snapshot and compact the journal at the next tick (admin tool, tests)."""
+        if self._raft is not None:
+            self._raft.forceLogCompaction()
+
+    # -- proposals (event-loop thread) ----------------------------------------------------------
+
+    async def _propose(self, entry: bytes, request_id: str | None, timeout: float | None) -> Any:
+        if self._stopped or self._fatal is not None or self._raft is None or self._loop is None:
+            raise LogStoppedError("the raft log is not running", request_id=request_id)
+        if len(self._in_flight) >= self.settings.max_in_flight:
+            raise BackpressureError("too many writes in flight", request_id=request_id, retry_after=1.0)
+        loop = self._loop
+        wait = self.settings.propose_timeout_s if timeout is None else timeout
+        prop = _Proposal(entry, request_id, loop.create_future(), loop.time() + wait)
+        self._in_flight.add(prop)
+        prop.timer = loop.call_at(prop.deadline, self._expire, prop)
+        self._submit(prop)
+        try:
+            return await asyncio.shield(prop.future)
+        finally:
+            if not prop.future.done():  # the caller was cancelled: nothing more to report
+                prop.future.cancel()
+                self._forget(prop)
+
+    def _submit(self, prop: _Proposal) -> None:
+        if prop.future.done():
+            return
+        raft = self._raft
+        if raft is None or self._fatal is not None or self._stopped:
+            self._finish_error(prop, self._undecided_error(prop, "the raft log stopped", stopping=True))
+            return
+        prop.waiting = False
+        prop.attempt += 1
+        callback = functools.partial(self._on_outcome, prop, prop.attempt)
+        raft.apply_entry(prop.entry, callback=callback)
+
+    def _on_outcome(self, prop: _Proposal, attempt: int, result: Any, error: int) -> None:
+        """pysyncobj's callback. On the tick thread: deferred until the tick's COMMIT."""
+        if threading.get_ident() == self._tick_ident:
+            self._outcomes.append((prop, attempt, result, error))
+        else:  # QUEUE_FULL, raised synchronously inside apply_entry on the loop thread
+            self._handle(prop, attempt, result, error)
+
+    def _deliver(self, outcomes: list[tuple[_Proposal, int, Any, int]]) -> None:
+        for prop, attempt, result, error in outcomes:
+            self._handle(prop, attempt, result, error)
+
+    def _handle(self, prop: _Proposal, attempt: int, result: Any, error: int) -> None:
+        if prop.future.done():
+            return
+        if error == FAIL_REASON.SUCCESS:
+            if prop.request_id is not None and _is_replay_placeholder(result):
+                # This node had already applied that index (from a snapshot that was ahead),
+                # so the callback carries no outcome. The same entry again is harmless: the
+                # state machine answers a known request id with the first outcome.
+                prop.maybe_applied = True
+                self._retry(prop, 0.0)
+                return
+            self._finish(prop, result)
+            return
+        if attempt != prop.attempt:
+            return  # an older attempt failing late: its successor is already under way
+        if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER):
+            self._retry(prop, _LEADER_WAIT_S, wait_for_leader=True)
+        elif error in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
+            prop.maybe_applied = True
+            self._retry(prop, _RETRY_S)
+        elif error == FAIL_REASON.DISCARDED:
+            self._retry(prop, _RETRY_S)
+        elif error == FAIL_REASON.QUEUE_FULL:
+            if prop.maybe_applied:
+                self._retry(prop, _LEADER_WAIT_S)
+            else:
+                self._finish_error(
+                    prop, BackpressureError("the raft queue is full", request_id=prop.request_id, retry_after=1.0)
+                )
+        else:
+            self._finish_error(prop, CommandLogError(f"pysyncobj refused the entry ({error})", request_id=prop.request_id))
+
+    def _retry(self, prop: _Proposal, delay: float, *, wait_for_leader: bool = False) -> None:
+        assert self._loop is not None
+        if self._loop.time() + delay >= prop.deadline:
+            self._expire(prop)
+            return
+        prop.waiting = True
+        if wait_for_leader:
+            self._leader_waiters.add(prop)
+        if delay <= 0:
+            self._submit(prop)
+        else:
+            self._loop.call_later(delay, self._retry_due, prop)
+
+    def _retry_due(self, prop: _Proposal) -> None:
+        self._leader_waiters.discard(prop)
+        if prop.waiting:
+            self._submit(prop)
+
+    def _on_leader_known(self) -> None:
+        waiters, self._leader_waiters = self._leader_waiters, set()
+        for prop in waiters:
+            if prop.waiting:
+                self._submit(prop)
+
+    def _on_snapshot_installed(self) -> None:
+        """Callbacks for indexes inside an installed snapshot never fire: ask again."""
+        for prop in list(self._in_flight):
+            if not prop.waiting and not prop.future.done():
+                prop.maybe_applied = True
+                self._submit(prop)
+
+    def _expire(self, prop: _Proposal) -> None:
+        if prop.future.done():
+            return
+        self._finish_error(prop, self._undecided_error(prop, "no outcome in time"))
+
+    def _undecided_error(self, prop: _Proposal, why: str, *, stopping: bool = False) -> CommandLogError:
+        if prop.maybe_applied or not prop.waiting:
+            return OutcomeUnknownError(
+                f"{why}; the write may have been applied — retry with the same request id",
+                request_id=prop.request_id,
+            )
+        if stopping:
+            return LogStoppedError(f"{why}; the write was not applied", request_id=prop.request_id)
+        return NoQuorumError(f"{why}: no leader reachable; the write was not applied", request_id=prop.request_id)
+
+    def _finish(self, prop: _Proposal, result: Any) -> None:
+        prop.future.set_result(result)
+        self._forget(prop)
+
+    def _finish_error(self, prop: _Proposal, exc: BaseException) -> None:
+        if not prop.future.done():
+            prop.future.set_exception(exc)
+        self._forget(prop)
+
+    def _forget(self, prop: _Proposal) -> None:
+        prop.waiting = False
+        self._in_flight.discard(prop)
+        self._leader_waiters.discard(prop)
+        if prop.timer is not None:
+            prop.timer.cancel()
+            prop.timer = None
+
+    # -- the tick thread -------------------------------------------------------------------------
+
+    def _conf(self) -> SyncObjConf:
+        s = self.settings
+        return SyncObjConf(
+            password=s.secret or None,
+            autoTick=False,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=s.heartbeat_s,
+            appendEntriesBatchSizeBytes=s.append_batch_bytes,
+            raftMinTimeout=s.election_min_s,
+            raftMaxTimeout=s.election_max_s,
+            leaderFallbackTimeout=s.leader_fallback_s or s.election_min_s,
+            connectionTimeout=s.connection_timeout_s,
+            connectionRetryTime=s.connect_retry_s,
+            commandsQueueSize=s.commands_queue_size,
+            commandsWaitLeader=False,
+            journalFile=os.path.join(s.raft_dir, "journal"),
+            fullDumpFile=os.path.join(s.raft_dir, "snapshot"),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            serializeChecker=self._serialize_check,
+            logCompactionMinEntries=s.compaction_min_entries,
+            logCompactionMinTime=s.compaction_min_time_s,
+            logCompactionSplit=True,
+            dynamicMembershipChange=True,
+            bindAddress=s.bind_address or s.self_address,
+            bindRetryTime=0.5,
+            maxBindRetries=s.bind_retries,
+            useFork=False,
+        )
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        self._tick_ident = threading.get_ident()
+        try:
+            raft = self._build()
+        except BaseException as exc:  # bind failure, bad settings: start() raises it
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        wait = self.settings.tick_wait_s
+        while not self._stop.is_set():
+            try:
+                raft.doTick(wait)
+            except _FatalError:
+                pass
+            except Exception as exc:  # a pysyncobj bug: log it and go on, as its autoTick does
+                if self._fatal is None:
+                    log.exception("raft tick failed")
+                else:
+                    log.debug("tick stopped by fatal error", exc_info=exc)
+            if self._fatal is None:
+                self._end_tick()
+            if self._fatal is not None:
+                self._die()
+                return
+        self._shutdown()
+
+    def _build(self) -> _RaftNode:
+        s = self.settings
+        raft = _RaftNode(self, s.self_address, s.others(), self._conf())
+        missing = [a for a in _PRIVATE_ATTRS if not hasattr(raft, a)]
+        if missing:
+            raft._doDestroy()
+            raise RuntimeError(f"unsupported pysyncobj version (no {', '.join(missing)}); RaftLog needs 0.3.17")
+        self._transport = raft._SyncObj__transport  # type: ignore[attr-defined]
+        if self._durable:
+            inner = raft._SyncObj__raftLog  # type: ignore[attr-defined]
+            inner._FileJournal__metaStorer = _FsyncMetaStorer(inner._FileJournal__metaStorer.getPath())
+            inner.flush()
+            self._journal = _TrackedJournal(inner)
+            raft._SyncObj__raftLog = self._journal  # type: ignore[attr-defined]
+            self._transport.hold = True
+        self._raft = raft
+        return raft
+
+    def _apply_on_tick(self, entry: bytes) -> ApplyResult | None:
+        """The replicated method's body: never raises into pysyncobj except to stop the node."""
+        if self._fatal is not None:
+            raise _FatalError("stopped")
+        if not entry:
+            return None  # barrier
+        assert self._raft is not None
+        index = self._raft.raftLastApplied + 1
+        try:
+            if not self._in_txn:
+                self.sm.begin()
+                self._in_txn = True
+            return self.sm.apply(index, entry)
+        except BaseException as exc:
+            # The state machine turns every bad command into a stored result, so this is the
+            # disk or a bug. Skipping the entry would make this node differ from the others;
+            # stalling would hang it. Stop, and let a restart replay from applied_index.
+            self._set_fatal(exc, f"apply of index {index} failed")
+            raise _FatalError(str(exc)) from exc
+
+    def _commit_txn(self) -> None:
+        if self._in_txn:
+            self._in_txn = False
+            try:
+                self.sm.commit()
+            except BaseException as exc:
+                self._set_fatal(exc, "commit of applied entries failed")
+                raise _FatalError(str(exc)) from exc
+
+    def _end_tick(self) -> None:
+        """After doTick: COMMIT, flush the journal, release acks, then resolve futures."""
+        raft = self._raft
+        assert raft is not None and self._loop is not None
+        self.counters["ticks"] += 1
+        try:
+            self._commit_txn()
+            if self._journal is not None:
+                self._journal.flush()
+        except _FatalError:
+            return
+        except BaseException as exc:
+            self._set_fatal(exc, "journal flush failed")
+            return
+        if self._transport is not None and self._transport.held:
+            self._transport.release()
+        outcomes, self._outcomes = self._outcomes, []
+        if outcomes:
+            self._loop.call_soon_threadsafe(self._deliver, outcomes)
+        if self._snapshot_installed:
+            self._snapshot_installed = False
+            self._loop.call_soon_threadsafe(self._on_snapshot_installed)
+        self._publish(raft)
+
+    def _publish(self, raft: _RaftNode) -> None:
+        """Role changes at once; the full status at most every 100 ms."""
+        assert self._loop is not None
+        now = time.monotonic()
+        is_leader = raft._isLeader()
+        leader = raft._getLeader()
+        if is_leader:
+            responses = sorted(raft._SyncObj__lastResponseTime.values(), reverse=True)  # type: ignore[attr-defined]
+            needed = (len(raft.otherNodes) + 1) // 2
+            contact = now if needed == 0 else (responses[needed - 1] if len(responses) >= needed else 0.0)
+            self._lease_until = contact + self.settings.election_min_s - self.settings.heartbeat_s
+        else:
+            self._lease_until = 0.0
+        changed = leader != self._last_leader or is_leader != self._leader_flag
+        if leader is not None and self._last_leader is None:
+            self._loop.call_soon_threadsafe(self._on_leader_known)
+        self._last_leader = leader
+        self._leader_flag = is_leader
+        noop = raft._SyncObj__noopIDx  # type: ignore[attr-defined]
+        ready_leader = is_leader and noop is not None and raft.raftLastApplied >= noop
+        if ready_leader != self._announced_leader:
+            self._announced_leader = ready_leader
+            self._loop.call_soon_threadsafe(self._announce, ready_leader)
+        if changed or now >= self._next_publish:
+            self._next_publish = now + 0.1
+            self._status = self._build_status(raft)
+
+    def _build_status(self, raft: _RaftNode) -> LogStatus:
+        st = raft.getStatus()
+        is_leader = st["state"] == 2
+        journal = raft._SyncObj__raftLog  # type: ignore[attr-defined]
+        last_index = journal[-1][1]
+        peers = []
+        for node in sorted(raft.otherNodes, key=lambda n: n.id):
+            match = st.get("match_idx_server_" + node.id) if is_leader else None
+            peers.append(
+                PeerStatus(
+                    address=node.id,
+                    connected=raft.isNodeConnected(node),
+                    match_index=match,
+                    lag=None if match is None else max(0, last_index - match),
+                )
+            )
+        leader = st["leader"]
+        return LogStatus(
+            kind="raft",
+            role=_ROLE.get(st["state"], "unknown"),
+            term=st["raft_term"],
+            leader=None if leader is None else leader.id,
+            self_address=self.settings.self_address,
+            commit_index=st["commit_idx"],
+            applied_index=st["last_applied"],
+            has_quorum=(time.monotonic() < self._lease_until) if is_leader else (leader is not None and st["has_quorum"]),
+            peers=peers,
+        )
+
+    def _initial_status(self) -> LogStatus:
+        return LogStatus(
+            kind="raft",
+            role="follower",
+            term=0,
+            leader=None,
+            self_address=self.settings.self_address,
+            commit_index=0,
+            applied_index=0,
+            has_quorum=False,
+            peers=[PeerStatus(address=p, connected=False) for p in self.settings.others()],
+        )
+
+    def _announce(self, leading: bool) -> None:
+        for callback in self._leadership_listeners:
+            try:
+                callback(leading)
+            except Exception:
+                log.exception("leadership listener failed")
+
+    def _set_fatal(self, exc: BaseException, why: str) -> None:
+        if self._fatal is None:
+            log.critical("raft node stops itself: %s: %r", why, exc)
+            self._fatal = exc
+
+    def _die(self) -> None:
+        """Fail-stop: no more ticks, port closed; pending outcomes become unknown."""
+        exc = self._fatal
+        assert exc is not None and self._loop is not None
+        abort = getattr(self.sm, "abort", None)
+        if self._in_txn and abort is not None:
+            with contextlib.suppress(Exception):
+                abort()
+        self._in_txn = False
+        if self._transport is not None:
+            self._transport.held = []
+        self._outcomes = []
+        self._leader_flag = False
+        self._status = msgspec.structs.replace(self._status, role="failed", has_quorum=False)
+        self._shutdown()
+        self._loop.call_soon_threadsafe(self._on_fatal, exc)
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        for prop in list(self._in_flight):
+            self._finish_error(prop, self._undecided_error(prop, "the raft node stopped after a storage failure"))
+        if self._announced_leader:
+            self._announced_leader = False
+            self._announce(False)
+        for callback in self._fatal_listeners:
+            try:
+                callback(exc)
+            except Exception:
+                log.exception("fatal listener failed")
+
+    def _shutdown(self) -> None:
+        if self._in_txn:
+            with contextlib.suppress(_FatalError):
+                self._commit_txn()
+        if self._raft is not None:
+            with contextlib.suppress(Exception):
+                if self._journal is not None and self._fatal is None:
+                    self._journal.flush()
+                self._raft._doDestroy()
+        if self._fatal is None and self._loop is not None:
+            self._status = msgspec.structs.replace(self._status, role="stopped", has_quorum=False)
+            self._leader_flag = False
+            if self._announced_leader:
+                self._announced_leader = False
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._announce, False)
+
+    # -- snapshots (tick thread, except the backup itself) --------------------------------------
+
+    def _serialize(self, tmp_path: str, data: Sequence[Any]) -> None:
+        """pysyncobj's serializer: start a background backup; ``_serialize_check`` finishes it.
+
+        pysyncobj renames ``tmp_path`` right after this returns; we never create it, so that
+        rename fails harmlessly and the checker reports the real state.
+        """
+        last, prev, cluster = data
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        header = SnapshotHeader(
+            last=(bytes(last[0]), int(last[1]), int(last[2])),
+            prev=(bytes(prev[0]), int(prev[1]), int(prev[2])),
+            cluster=sorted(n.id for n in cluster),
+        )
+        job = _SnapshotJob(self._snap_generation, os.path.join(self.settings.raft_dir, "snapshot.local"), header)
+        self._snap_job = job
+        try:
+            self._commit_txn()  # the backup must contain every entry up to header.last
+        except _FatalError:
+            job.done.set()
+            return
+        threading.Thread(target=self._write_snapshot, args=(job,), name="ccn-raft-snapshot", daemon=True).start()
+
+    def _write_snapshot(self, job: _SnapshotJob) -> None:
+        """Background thread: a backup that is at or ahead of the header's index is correct,
+        because replaying entries at or below the state machine's applied_index is a no-op."""
+        db_tmp = job.path + ".sqlite3"
+        try:
+            self.sm.backup_to(db_tmp)
+            write_snapshot(job.path, job.header, db_tmp)
+            job.ok = True
+        except Exception:
+            log.exception("raft snapshot failed")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(db_tmp)
+            job.done.set()
+
+    def _serialize_check(self) -> int:
+        job = self._snap_job
+        if job is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING
+        if not job.done.is_set():
+            return SERIALIZER_STATE.SERIALIZING
+        self._snap_job = None
+        if job.ok and job.generation == self._snap_generation:
+            try:
+                target = os.path.join(self.settings.raft_dir, "snapshot")
+                os.replace(job.path, target)
+                fsync_dir(self.settings.raft_dir)
+                self.counters["snapshots_written"] += 1
+                return SERIALIZER_STATE.SUCCESS
+            except OSError:
+                log.exception("could not install the new raft snapshot")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.path)
+        return SERIALIZER_STATE.FAILED
+
+    def _deserialize(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
+        """pysyncobj's deserializer: at start (our own snapshot) or when a leader sent one."""
+        self._snap_generation += 1  # a local snapshot still being written is now stale
+        db_tmp = os.path.join(self.settings.raft_dir, "restore.sqlite3")
+        try:
+            self._commit_txn()
+            header = read_snapshot(path, db_tmp)
+            replaced = self.sm.restore_from(db_tmp)
+            if self._durable:
+                fsync_file(path)
+                fsync_dir(self.settings.raft_dir)
+        except _FatalError:
+            raise
+        except BaseException as exc:
+            self._set_fatal(exc, f"cannot load raft snapshot {path} (remove it to fetch one from the leader)")
+            raise _FatalError(str(exc)) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(db_tmp)
+        if replaced:
+            self.counters["snapshots_installed"] += 1
+        self._snapshot_installed = True
+        log.info("raft snapshot at index %d loaded (database replaced: %s)", header.last[1], replaced)
+        return header.last, header.prev, [TCPNode(a) for a in header.cluster]
+
+
+def _is_replay_placeholder(result: Any) -> bool:
+    return isinstance(result, ApplyResult) and result.duplicate and not result.request_id
+
+
+def remove_raft_state(data_dir: str) -> None:
+    """Delete this node's journal and snapshot (a wiped follower refetches from the leader)."""
+    shutil.rmtree(os.path.join(data_dir, "raft"), ignore_errors=True)

@@ -1,0 +1,481 @@
+"""The state machine: the only code that writes the corpus tables.
+
+``apply`` turns one committed log entry into its effect, deterministically: every id,
+timestamp and derived value comes from the command, or from state that is identical on every
+node. It is exactly-once twice over: entries at or below the stored applied index are skipped
+(journal replay after a restart), and a request id seen before returns its stored outcome
+(a client retry). It never raises for a bad command: the error becomes the stored outcome,
+because a Raft log entry that cannot be applied would stall the log forever.
+
+A recovery tool can run it on its own: ``StateMachine(store.writer).apply_batch(entries)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import apsw
+import msgspec
+
+from ccn_node.replication import commands as c
+from ccn_node.replication.log import ApplyResult
+
+log = logging.getLogger(__name__)
+
+_result_encoder = msgspec.msgpack.Encoder()
+_result_decoder = msgspec.msgpack.Decoder(ApplyResult)
+
+
+class Rejected(Exception):
+    """A command that cannot take effect; its code and message become the stored outcome."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LeafSink(Protocol):
+    """Where each applied command's ledger leaf goes, inside the apply transaction."""
+
+    def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int: ...
+
+    def reset_cache(self) -> None: ...
+
+
+CommitListener = Callable[[list[tuple[c.Command | None, ApplyResult]]], None]
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class StateMachine:
+    """Applies commands to the database on the writer connection, one transaction per batch."""
+
+    def __init__(self, conn: apsw.Connection, ledger: LeafSink | None = None) -> None:
+        self.conn = conn
+        self.ledger = ledger
+        self._in_txn = False
+        self._pending: list[tuple[c.Command | None, ApplyResult]] = []
+        self._listeners: list[CommitListener] = []
+        self._lock = threading.RLock()
+        self.applied_index = self._load_applied_index()
+        self._handlers: dict[type, Callable[[Any, int], dict[str, Any]]] = {
+            c.Noop: self._noop,
+            c.CreateUser: self._create_user,
+            c.SetUserRetention: self._set_retention,
+            c.RecordPlate: self._record_plate,
+            c.StartConversation: self._start_conversation,
+            c.EndConversation: self._end_conversation,
+            c.AppendMessage: self._append_message,
+            c.RegisterInstance: self._register_instance,
+            c.TerminateInstance: self._terminate_instance,
+            c.RecordConsensus: self._record_consensus,
+            c.SealBlock: self._seal_block,
+            c.EraseUserData: self._erase_user_data,
+        }
+
+    # -- transaction control -------------------------------------------------------------
+
+    def _load_applied_index(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
+        return int(row[0][0]) if row else 0
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Called after each COMMIT with the commands and outcomes it made durable."""
+        self._listeners.append(listener)
+
+    def rebind(self, conn: apsw.Connection) -> None:
+        """Use a new writer connection (after a snapshot restore replaced the file)."""
+        with self._lock:
+            self.conn = conn
+            self.applied_index = self._load_applied_index()
+            if self.ledger is not None:
+                self.ledger.reset_cache()
+
+    def begin(self) -> None:
+        self._lock.acquire()
+        if self._in_txn:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_txn = True
+        self._start_index = self.applied_index
+
+    def commit(self) -> None:
+        """Record the applied index in the same transaction as the effects, then COMMIT."""
+        try:
+            if not self._in_txn:
+                return
+            if self.applied_index != self._start_index:
+                self.conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('applied_index', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(self.applied_index),),
+                )
+            try:
+                self.conn.execute("COMMIT")
+            except apsw.Error:
+                self._abort()
+                raise
+            self._in_txn = False
+            pending, self._pending = self._pending, []
+        finally:
+            self._lock.release()
+        for listener in self._listeners:
+            try:
+                listener(pending)
+            except Exception:  # a listener must never break the log
+                log.exception("commit listener failed")
+
+    def _abort(self) -> None:
+        """Undo an open transaction whose COMMIT failed (disk full, I/O error)."""
+        try:
+            self.conn.execute("ROLLBACK")
+        except apsw.Error:
+            pass
+        self._in_txn = False
+        self._pending = []
+        self.applied_index = self._load_applied_index()
+        if self.ledger is not None:
+            self.ledger.reset_cache()
+
+    def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[ApplyResult]:
+        """Apply entries in one transaction; the unit used by LocalLog and by recovery."""
+        self.begin()
+        results = [self.apply(index, entry) for index, entry in entries]
+        self.commit()
+        return results
+
+    # -- one entry -----------------------------------------------------------------------
+
+    def apply(self, index: int, entry: bytes) -> ApplyResult:
+        """Apply one committed entry inside the open transaction; never raises for bad input."""
+        if not self._in_txn:
+            raise RuntimeError("apply() outside begin()/commit()")
+        if index <= self.applied_index:
+            return ApplyResult(index=index, request_id="", ok=True, duplicate=True, value={"replayed": True})
+        self.applied_index = index
+        try:
+            command = c.decode(entry)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            result = ApplyResult(index=index, request_id="", ok=False, error_code="bad_entry", error_message=str(exc))
+            self._pending.append((None, result))
+            return result
+        stored = self.conn.execute(
+            "SELECT result FROM applied_requests WHERE request_id = ?", (command.request_id,)
+        ).fetchall()
+        if stored:
+            first = _result_decoder.decode(stored[0][0])
+            first.duplicate = True
+            self._pending.append((command, first))
+            return first
+        self.conn.execute("SAVEPOINT cmd")
+        try:
+            value = self._handlers[type(command)](command, index)
+            if self.ledger is not None and not isinstance(command, c.Noop):
+                leaf = self.ledger.append(c.leaf_bytes(command), type(command).__struct_config__.tag, _ref(command))
+                value["leaf_index"] = leaf
+            self.conn.execute("RELEASE cmd")
+            result = ApplyResult(index=index, request_id=command.request_id, ok=True, value=value)
+        except Rejected as exc:
+            self._rollback_savepoint()
+            result = ApplyResult(
+                index=index, request_id=command.request_id, ok=False, error_code=exc.code, error_message=exc.message
+            )
+        except (apsw.ConstraintError, ValueError, TypeError) as exc:
+            self._rollback_savepoint()
+            result = ApplyResult(
+                index=index, request_id=command.request_id, ok=False, error_code="invalid", error_message=str(exc)
+            )
+        self.conn.execute(
+            "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",
+            (command.request_id, index, _result_encoder.encode(result)),
+        )
+        self._pending.append((command, result))
+        return result
+
+    def _rollback_savepoint(self) -> None:
+        self.conn.execute("ROLLBACK TO cmd")
+        self.conn.execute("RELEASE cmd")
+        if self.ledger is not None:
+            self.ledger.reset_cache()
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        rows = self.conn.execute(sql, args).fetchall()
+        return rows[0] if rows else None
+
+    def _noop(self, cmd: c.Noop, index: int) -> dict[str, Any]:
+        return {}
+
+    def _create_user(self, cmd: c.CreateUser, index: int) -> dict[str, Any]:
+        if cmd.role not in ("user", "admin"):
+            raise Rejected("invalid", f"role must be user or admin, not {cmd.role!r}")
+        existing = self._one("SELECT user_id, role FROM users WHERE name = ?", (cmd.name,))
+        if existing is not None:
+            raise Rejected("conflict", f"user {cmd.name!r} exists")
+        self.conn.execute(
+            "INSERT INTO users(user_id, name, role, created_at, retention_days) VALUES (?, ?, ?, ?, ?)",
+            (cmd.user_id, cmd.name, cmd.role, cmd.created_at, cmd.retention_days),
+        )
+        return {"user_id": cmd.user_id}
+
+    def _set_retention(self, cmd: c.SetUserRetention, index: int) -> dict[str, Any]:
+        changed = self.conn.execute(
+            "UPDATE users SET retention_days = ? WHERE user_id = ? RETURNING user_id", (cmd.retention_days, cmd.user_id)
+        ).fetchall()
+        if not changed:
+            raise Rejected("not_found", "no such user")
+        return {"user_id": cmd.user_id}
+
+    def _record_plate(self, cmd: c.RecordPlate, index: int) -> dict[str, Any]:
+        existing = self._one("SELECT sha256 FROM plates WHERE version = ?", (cmd.version,))
+        if existing is not None:
+            if existing[0] != cmd.sha256:
+                raise Rejected("conflict", f"plate version {cmd.version!r} is recorded with other content")
+            return {"version": cmd.version, "new": False}
+        self.conn.execute(
+            "INSERT INTO plates(version, sha256, name, content, recorded_at, log_index) VALUES (?, ?, ?, ?, ?, ?)",
+            (cmd.version, cmd.sha256, cmd.name, cmd.content, cmd.recorded_at, index),
+        )
+        return {"version": cmd.version, "new": True}
+
+    def _start_conversation(self, cmd: c.StartConversation, index: int) -> dict[str, Any]:
+        if self._one("SELECT 1 FROM users WHERE user_id = ?", (cmd.user_id,)) is None:
+            raise Rejected("not_found", "no such user")
+        if self._one("SELECT 1 FROM conversations WHERE session_id = ?", (cmd.session_id,)) is not None:
+            raise Rejected("conflict", "session id exists")
+        self.conn.execute(
+            "INSERT INTO conversations(session_id, user_id, title, status, created_at, plate_version, plate_sha256,"
+            " metadata) VALUES (?, ?, ?, 'active', ?, ?, ?, ?)",
+            (
+                cmd.session_id,
+                cmd.user_id,
+                cmd.title,
+                cmd.created_at,
+                cmd.plate_version,
+                cmd.plate_sha256,
+                _json(cmd.metadata),
+            ),
+        )
+        return {"session_id": cmd.session_id}
+
+    def _end_conversation(self, cmd: c.EndConversation, index: int) -> dict[str, Any]:
+        row = self._one("SELECT status, message_count FROM conversations WHERE session_id = ?", (cmd.session_id,))
+        if row is None:
+            raise Rejected("not_found", "no such conversation")
+        if row[0] == "ended":
+            return {"session_id": cmd.session_id, "already_ended": True, "message_count": row[1]}
+        self.conn.execute(
+            "UPDATE conversations SET status = 'ended', ended_at = ?, end_reason = ? WHERE session_id = ?",
+            (cmd.ended_at, cmd.reason, cmd.session_id),
+        )
+        self.conn.execute(
+            "UPDATE instance_registry SET status = 'terminated', terminated_at = ?, termination_reason = ?"
+            " WHERE session_id = ? AND status != 'terminated'",
+            (cmd.ended_at, "conversation ended", cmd.session_id),
+        )
+        return {"session_id": cmd.session_id, "already_ended": False, "message_count": row[1]}
+
+    def _append_message(self, cmd: c.AppendMessage, index: int) -> dict[str, Any]:
+        conv = self._one("SELECT user_id, status, message_count FROM conversations WHERE session_id = ?", (cmd.session_id,))
+        if conv is None:
+            raise Rejected("not_found", "no such conversation")
+        if conv[0] != cmd.user_id:
+            raise Rejected("not_found", "no such conversation")
+        if conv[1] != "active":
+            raise Rejected("conversation_ended", "the conversation has ended")
+        if cmd.role not in ("user", "assistant"):
+            raise Rejected("invalid", f"role must be user or assistant, not {cmd.role!r}")
+        if cmd.idempotency_key is not None:
+            existing = self._one(
+                "SELECT message_id, seq FROM messages WHERE session_id = ? AND idempotency_key = ?",
+                (cmd.session_id, cmd.idempotency_key),
+            )
+            if existing is not None:
+                return {"message_id": existing[0], "seq": existing[1], "existing": True}
+        seq = conv[2] + 1
+        self.conn.execute(
+            "INSERT INTO messages(message_id, session_id, user_id, seq, role, kind, content, content_sha256,"
+            " created_at, tokens, idempotency_key, reply_to, model, instance_id, manifest, usage,"
+            " character_snapshot, relational_state, metrics, log_index)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                cmd.message_id,
+                cmd.session_id,
+                cmd.user_id,
+                seq,
+                cmd.role,
+                cmd.kind,
+                cmd.content,
+                c.content_sha256(cmd.content),
+                cmd.created_at,
+                cmd.tokens,
+                cmd.idempotency_key,
+                cmd.reply_to,
+                cmd.model,
+                cmd.instance_id,
+                _json(cmd.manifest),
+                _json(cmd.usage),
+                _json(cmd.character_snapshot),
+                _json(cmd.relational_state),
+                _json(cmd.metrics),
+                index,
+            ),
+        )
+        self.conn.execute(
+            "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
+            (seq, cmd.created_at, cmd.session_id),
+        )
+        metrics = cmd.metrics or {}
+        if cmd.character_snapshot is not None:
+            self.conn.execute(
+                "INSERT INTO character_evolution(session_id, message_id, instance_id, created_at, character_vector,"
+                " relational_state, drift_baseline, drift_consensus) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cmd.session_id,
+                    cmd.message_id,
+                    cmd.instance_id,
+                    cmd.created_at,
+                    _json(cmd.character_snapshot),
+                    _json(cmd.relational_state),
+                    metrics.get("drift_baseline"),
+                    metrics.get("drift_consensus"),
+                ),
+            )
+        if cmd.metrics is not None:
+            self.conn.execute(
+                "INSERT INTO consciousness_metrics(session_id, message_id, created_at, phi, ccc, trust, emergence,"
+                " drift, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cmd.session_id,
+                    cmd.message_id,
+                    cmd.created_at,
+                    metrics.get("phi"),
+                    metrics.get("ccc"),
+                    metrics.get("trust"),
+                    metrics.get("emergence"),
+                    metrics.get("drift_baseline"),
+                    _json(metrics),
+                ),
+            )
+        if cmd.instance_id is not None:
+            self.conn.execute(
+                "UPDATE instance_registry SET last_heartbeat = ?,"
+                " character_vector = coalesce(?, character_vector), drift = coalesce(?, drift)"
+                " WHERE instance_id = ?",
+                (cmd.created_at, _json(cmd.character_snapshot), metrics.get("drift_consensus"), cmd.instance_id),
+            )
+        return {"message_id": cmd.message_id, "seq": seq, "existing": False}
+
+    def _register_instance(self, cmd: c.RegisterInstance, index: int) -> dict[str, Any]:
+        self.conn.execute(
+            "INSERT INTO instance_registry(instance_id, session_id, node_id, status, spawned_at, last_heartbeat,"
+            " plate_version, validation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(instance_id) DO UPDATE SET status = excluded.status, validation = excluded.validation,"
+            " last_heartbeat = excluded.last_heartbeat",
+            (
+                cmd.instance_id,
+                cmd.session_id,
+                cmd.node_id,
+                cmd.status,
+                cmd.spawned_at,
+                cmd.spawned_at,
+                cmd.plate_version,
+                _json(cmd.validation),
+            ),
+        )
+        return {"instance_id": cmd.instance_id}
+
+    def _terminate_instance(self, cmd: c.TerminateInstance, index: int) -> dict[str, Any]:
+        changed = self.conn.execute(
+            "UPDATE instance_registry SET status = 'terminated', terminated_at = ?, termination_reason = ?"
+            " WHERE instance_id = ? AND status != 'terminated' RETURNING instance_id",
+            (cmd.at, cmd.reason, cmd.instance_id),
+        ).fetchall()
+        return {"instance_id": cmd.instance_id, "terminated": bool(changed)}
+
+    def _record_consensus(self, cmd: c.RecordConsensus, index: int) -> dict[str, Any]:
+        self.conn.execute(
+            "INSERT INTO consensus_log(round_id, created_at, term, node_id, instance_count, consensus_vector,"
+            " outliers, drifts, latency_ms, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                cmd.round_id,
+                cmd.created_at,
+                cmd.term,
+                cmd.node_id,
+                cmd.instance_count,
+                _json(cmd.consensus_vector),
+                _json(cmd.outliers),
+                _json(cmd.drifts),
+                cmd.latency_ms,
+                index,
+            ),
+        )
+        return {"round_id": cmd.round_id}
+
+    def _seal_block(self, cmd: c.SealBlock, index: int) -> dict[str, Any]:
+        last = self._one(
+            "SELECT block_number, current_hash, tree_size FROM verification_chain ORDER BY block_number DESC LIMIT 1",
+            (),
+        )
+        expected = 0 if last is None else last[0] + 1
+        if cmd.block_number != expected:
+            raise Rejected("conflict", f"block {cmd.block_number} proposed, next is {expected}")
+        if last is not None and cmd.previous_hash != last[1]:
+            raise Rejected("conflict", "previous_hash does not match the last block")
+        if last is not None and cmd.tree_size < last[2]:
+            raise Rejected("conflict", "tree size went backwards")
+        self.conn.execute(
+            "INSERT INTO verification_chain(block_number, previous_hash, current_hash, tree_size, root,"
+            " data_snapshot, timestamp, checkpoint, verified, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (
+                cmd.block_number,
+                cmd.previous_hash,
+                cmd.current_hash,
+                cmd.tree_size,
+                cmd.root_hex,
+                _json(cmd.data_snapshot),
+                cmd.sealed_at,
+                cmd.checkpoint,
+                index,
+            ),
+        )
+        return {"block_number": cmd.block_number}
+
+    def _erase_user_data(self, cmd: c.EraseUserData, index: int) -> dict[str, Any]:
+        if cmd.before is None:
+            rows = self.conn.execute(
+                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ? AND erased_at IS NULL"
+                " RETURNING rowid",
+                (cmd.erased_at, cmd.user_id),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ? AND erased_at IS NULL"
+                " AND created_at < ? RETURNING rowid",
+                (cmd.erased_at, cmd.user_id, cmd.before),
+            ).fetchall()
+        self.conn.execute(
+            "INSERT INTO erasures(user_id, erased_at, before, reason, messages_erased, log_index)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (cmd.user_id, cmd.erased_at, cmd.before, cmd.reason, len(rows), index),
+        )
+        return {"messages_erased": len(rows)}
+
+
+def _ref(command: c.Command) -> str:
+    """The corpus row a leaf belongs to, so an audit can compare leaf and row."""
+    for attr in ("message_id", "session_id", "instance_id", "round_id", "user_id", "version"):
+        value = getattr(command, attr, None)
+        if isinstance(value, str):
+            return value
+    if isinstance(command, c.SealBlock):
+        return str(command.block_number)
+    return command.request_id

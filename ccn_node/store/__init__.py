@@ -1,0 +1,1 @@
+"""SQLite storage through apsw: schema, migrations, writer and readers, corpus queries."""

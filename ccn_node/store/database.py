@@ -1,0 +1,149 @@
+"""Opening the SQLite database: one writer connection, a pool of reader connections.
+
+WAL lets any number of readers run beside the single writer. The writer belongs to the
+state machine's thread; readers run in a small thread pool so a long query never blocks the
+event loop. ``synchronous``: FULL by default — WAL commits are fsynced, so an acknowledged
+write survives a power cut; NORMAL survives a process crash but may lose the last commits on
+power loss (see store/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+
+from ccn_node.store.schema import migrate
+
+T = TypeVar("T")
+
+SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or is not usable (corrupt, locked, wrong version)."""
+
+
+def _configure(conn: apsw.Connection, synchronous: str, busy_timeout_ms: int) -> None:
+    conn.setbusytimeout(busy_timeout_ms)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -16384")  # 16 MiB per connection
+
+
+def open_connection(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    synchronous: str = "full",
+    busy_timeout_ms: int = 5000,
+) -> apsw.Connection:
+    """Open one connection with the node's pragmas; raises StoreError with the path on failure."""
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    try:
+        conn = apsw.Connection(str(path), flags=flags)
+        if not readonly:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{path}: could not switch to WAL journal mode (got {mode})")
+        _configure(conn, synchronous, busy_timeout_ms)
+    except apsw.Error as exc:
+        raise StoreError(f"{path}: cannot open database: {exc}") from exc
+    return conn
+
+
+class Store:
+    """The node's database file: the writer connection and async access to readers."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "full",
+        busy_timeout_ms: int = 5000,
+        readers: int = 4,
+        extra_schema: list[str] | None = None,
+    ) -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise StoreError(f"storage.synchronous must be one of {SYNCHRONOUS_MODES}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._extra_schema = extra_schema or []
+        self.writer = open_connection(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        try:
+            integrity = self.writer.execute("PRAGMA quick_check").fetchall()[0][0]
+        except apsw.Error as exc:
+            raise StoreError(f"{self.path}: database is not readable: {exc}") from exc
+        if integrity != "ok":
+            raise StoreError(f"{self.path}: database failed its integrity check: {integrity}")
+        try:
+            migrate(self.writer, self._extra_schema)
+        except apsw.Error as exc:
+            raise StoreError(f"{self.path}: migration failed: {exc}") from exc
+        self._local = threading.local()
+        self._reader_conns: list[apsw.Connection] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="ccn-reader")
+        self._closed = False
+
+    def _reader(self) -> apsw.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = open_connection(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+            self._local.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on this thread's reader connection."""
+        return fn(self._reader(), *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on a reader thread; never blocks the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.read_sync, fn, *args)
+
+    def reopen_writer(self) -> None:
+        """Re-open the writer after the file was replaced (snapshot restore)."""
+        self.writer.close()
+        self.writer = open_connection(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+        migrate(self.writer, self._extra_schema)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._local = threading.local()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        try:
+            self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except apsw.Error:
+            pass
+        self.writer.close()
+
+
+def rows_as_dicts(cursor: apsw.Cursor) -> list[dict[str, Any]]:
+    """All rows of a just-executed cursor as dicts keyed by column name."""
+    try:
+        names = [d[0] for d in cursor.getdescription()]
+    except apsw.ExecutionCompleteError:  # the statement produced no rows
+        return []
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -1,0 +1,146 @@
+"""Real node processes for tests: init a data dir, start `python -m ccn_node serve` on
+127.0.0.1, wait for /ready, talk HTTP to it, and always stop it (SIGTERM, then SIGKILL)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ccn_node.cli import init_data_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+class NodeProcess:
+    """One `ccn-node serve` child process with its own data directory."""
+
+    def __init__(self, data_dir: Path, *, config_extra: str = "", env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.config_path = init_data_dir(data_dir, listen=f"127.0.0.1:{self.port}", name="test-node")
+        if config_extra:
+            text = self.config_path.read_text()
+            self.config_path.write_text(_merge_toml(text, config_extra))
+        self.env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "CCN_JWT_KEY")}
+        self.env.update(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "node.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ccn_node", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                if self.request("GET", "/ready").status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"node not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def token(self, user: str, role: str = "user") -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "ccn_node", "token", "--config", str(self.config_path), "--user", user, "--role", role],
+            check=True, capture_output=True, text=True, env=self.env, timeout=30,
+        )
+        return out.stdout.strip()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        json_body: Any = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+
+def _merge_toml(base: str, extra: str) -> str:
+    """Append keys of `extra` into the matching [section] of `base` (or add the section)."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in extra.strip().splitlines():
+        m = re.fullmatch(r"\s*\[([^\[\]]+)\]\s*", line)
+        if m:
+            current = m.group(1)
+            sections.setdefault(current, [])
+        elif line.strip():
+            sections.setdefault(current, []).append(line)
+    out = base
+    for section, lines in sections.items():
+        header = f"[{section}]"
+        if header in out:
+            out = out.replace(header, header + "\n" + "\n".join(lines), 1)
+        else:
+            out += f"\n{header}\n" + "\n".join(lines) + "\n"
+    return out
