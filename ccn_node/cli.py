@@ -59,7 +59,7 @@ path = "plate.md"
 [model]
 # "auto": Anthropic when ANTHROPIC_API_KEY is set (or api_key_file below), else the offline backend.
 backend = "auto"
-model = "claude-sonnet-4-5"
+model = "claude-sonnet-4-6"
 max_tokens = 1024
 # api_key_file = "keys/anthropic.key"
 
@@ -177,7 +177,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     conn = _reader(cfg)
-    hits = search(conn, args.user, args.query, args.limit, 0)
+    import msgspec
+
+    hits = msgspec.to_builtins(search(conn, args.user, args.query, args.limit, 0))
     if args.json:
         print(json.dumps(hits, indent=2))
         return 0

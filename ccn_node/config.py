@@ -62,7 +62,7 @@ class ContextSettings(_Section):
 
 class ModelConfig(_Section):
     backend: Literal["auto", "offline", "anthropic", "openai"] = "auto"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     max_tokens: int = 1024
     temperature: float | None = None
     base_url: str = ""

@@ -36,8 +36,9 @@ class Ledger:
                     self.seal(1_700_000_000_000 + i)
 
     def seal(self, ts: int) -> chain.Block:
-        return chain.seal_block(self.conn, self.tree, self.signer, timestamp=ts,
-                                data_snapshot=chain.canonical_json({"ccc": 0.9, "n": ts}))
+        return chain.seal_block(
+            self.conn, self.tree, self.signer, timestamp=ts, data_snapshot=chain.canonical_json({"ccc": 0.9, "n": ts})
+        )
 
     def audit(self, **kw: object) -> chain.AuditReport:
         return chain.audit(self.conn, self.vkeys, origin=ORIGIN, **kw)  # type: ignore[arg-type]
@@ -75,20 +76,26 @@ def test_empty_ledger_audits(tmp_path: Path) -> None:
 
 def test_block_hash_encoding() -> None:
     prev, root = "ab" * 32, bytes(range(32))
-    enc = (b"ccn-block/v1\n" + (7).to_bytes(8, "big") + bytes.fromhex(prev)
-           + (99).to_bytes(8, "big") + root + (1234).to_bytes(8, "big")
-           + (2).to_bytes(4, "big") + b"{}" + (3).to_bytes(4, "big") + b"cp\n")
+    enc = (
+        b"ccn-block/v1\n"
+        + (7).to_bytes(8, "big")
+        + bytes.fromhex(prev)
+        + (99).to_bytes(8, "big")
+        + root
+        + (1234).to_bytes(8, "big")
+        + (2).to_bytes(4, "big")
+        + b"{}"
+        + (3).to_bytes(4, "big")
+        + b"cp\n"
+    )
     want = hashlib.sha256(enc).hexdigest()
     assert chain.block_hash(7, prev, 99, root, 1234, "{}", "cp\n") == want
-    b1 = chain.next_block(None, tree_size=1, root=root, timestamp=5, data_snapshot="{}",
-                          checkpoint="x")
+    b1 = chain.next_block(None, tree_size=1, root=root, timestamp=5, data_snapshot="{}", checkpoint="x")
     assert b1.block_number == 1 and b1.previous_hash == chain.GENESIS_PREVIOUS_HASH
-    b2 = chain.next_block(b1, tree_size=1, root=root, timestamp=6, data_snapshot="{}",
-                          checkpoint="y")
+    b2 = chain.next_block(b1, tree_size=1, root=root, timestamp=6, data_snapshot="{}", checkpoint="y")
     assert b2.previous_hash == b1.current_hash and b2.computed_hash() == b2.current_hash
     with pytest.raises(ValueError):
-        chain.next_block(b2, tree_size=0, root=root, timestamp=7, data_snapshot="{}",
-                         checkpoint="z")
+        chain.next_block(b2, tree_size=0, root=root, timestamp=7, data_snapshot="{}", checkpoint="z")
     assert chain.canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'
 
 
@@ -118,16 +125,14 @@ def test_reordered_leaf_rows(ledger: Ledger) -> None:
 
 
 def test_edited_node_hash(ledger: Ledger) -> None:
-    ledger.conn.execute("UPDATE ledger_nodes SET hash = ? WHERE level = 3 AND idx = 5",
-                        (b"\x11" * 32,))
+    ledger.conn.execute("UPDATE ledger_nodes SET hash = ? WHERE level = 3 AND idx = 5", (b"\x11" * 32,))
     p = _problem(ledger)
     assert (p.table, p.row) == ("ledger_nodes", "level=3,idx=5")
     assert "recomputed" in p.message
 
 
 def test_edited_leaf_node_hash(ledger: Ledger) -> None:
-    ledger.conn.execute("UPDATE ledger_nodes SET hash = ? WHERE level = 0 AND idx = 8",
-                        (b"\x11" * 32,))
+    ledger.conn.execute("UPDATE ledger_nodes SET hash = ? WHERE level = 0 AND idx = 8", (b"\x11" * 32,))
     p = _problem(ledger)
     assert (p.table, p.row) == ("ledger_nodes", "level=0,idx=8")
 
@@ -158,8 +163,9 @@ def _rewrite_history(lg: Ledger, idx: int, data: bytes) -> None:
         t.append(leaf, kind, ref)
     with lg.conn:
         lg.conn.execute("DELETE FROM ledger_nodes")
-        lg.conn.executemany("INSERT INTO ledger_nodes VALUES (?,?,?)",
-                            list(scratch.execute("SELECT * FROM ledger_nodes")))
+        lg.conn.executemany(
+            "INSERT INTO ledger_nodes VALUES (?,?,?)", list(scratch.execute("SELECT * FROM ledger_nodes"))
+        )
     lg.tree.reset_cache()
 
 
@@ -180,8 +186,7 @@ def test_check_leaf_callback(ledger: Ledger) -> None:
         return "messages row m77 content hash differs" if index == 77 else None
 
     report = ledger.audit(check_leaf=check)
-    assert report.problem == chain.Problem("ledger_leaves", "77",
-                                           "messages row m77 content hash differs")
+    assert report.problem == chain.Problem("ledger_leaves", "77", "messages row m77 content hash differs")
     assert seen == list(range(78))
 
 
@@ -189,9 +194,7 @@ def test_check_leaf_callback(ledger: Ledger) -> None:
 
 
 def test_edited_block(ledger: Ledger) -> None:
-    ledger.conn.execute(
-        "UPDATE verification_chain SET data_snapshot = '{\"ccc\":1.0}' WHERE block_number = 2"
-    )
+    ledger.conn.execute("UPDATE verification_chain SET data_snapshot = '{\"ccc\":1.0}' WHERE block_number = 2")
     p = _problem(ledger)
     assert (p.table, p.row) == ("verification_chain", "2") and "current_hash" in p.message
 
@@ -203,8 +206,7 @@ def test_edited_block_root(ledger: Ledger) -> None:
 
 
 def test_broken_link_and_missing_block(ledger: Ledger) -> None:
-    ledger.conn.execute("UPDATE verification_chain SET previous_hash = ? WHERE block_number = 3",
-                        ("00" * 32,))
+    ledger.conn.execute("UPDATE verification_chain SET previous_hash = ? WHERE block_number = 3", ("00" * 32,))
     p = _problem(ledger)
     assert (p.table, p.row) == ("verification_chain", "3") and "previous_hash" in p.message
 
@@ -220,10 +222,14 @@ def test_swapped_signatures(ledger: Ledger) -> None:
     sig1 = notes[1].split("\n\n")[1]
     sig3 = notes[3].split("\n\n")[1]
     with ledger.conn:
-        ledger.conn.execute("UPDATE verification_chain SET checkpoint = ? WHERE block_number = 1",
-                            (notes[1].split("\n\n")[0] + "\n\n" + sig3,))
-        ledger.conn.execute("UPDATE verification_chain SET checkpoint = ? WHERE block_number = 3",
-                            (notes[3].split("\n\n")[0] + "\n\n" + sig1,))
+        ledger.conn.execute(
+            "UPDATE verification_chain SET checkpoint = ? WHERE block_number = 1",
+            (notes[1].split("\n\n")[0] + "\n\n" + sig3,),
+        )
+        ledger.conn.execute(
+            "UPDATE verification_chain SET checkpoint = ? WHERE block_number = 3",
+            (notes[3].split("\n\n")[0] + "\n\n" + sig1,),
+        )
     p = _problem(ledger)
     assert (p.table, p.row) == ("verification_chain", "1")
     assert "does not verify" in p.message and "invalid signature" in p.message
@@ -235,8 +241,7 @@ def test_checkpoint_signed_by_another_key(ledger: Ledger) -> None:
     b = chain.get_block(ledger.conn, 2)
     assert b is not None
     forged = sign_checkpoint(Checkpoint(ORIGIN, b.tree_size, b.root), NoteSigner.generate(ORIGIN))
-    ledger.conn.execute("UPDATE verification_chain SET checkpoint = ? WHERE block_number = 2",
-                        (forged,))
+    ledger.conn.execute("UPDATE verification_chain SET checkpoint = ? WHERE block_number = 2", (forged,))
     p = _problem(ledger)
     assert (p.table, p.row) == ("verification_chain", "2") and "not signed by any known key" in p.message
 

@@ -47,9 +47,7 @@ def test_vectors_present() -> None:
 
 
 @_needs_vectors
-@pytest.mark.parametrize(
-    "path", _vector_files("inclusion"), ids=lambda p: str(p.relative_to(VECTORS))
-)
+@pytest.mark.parametrize("path", _vector_files("inclusion"), ids=lambda p: str(p.relative_to(VECTORS)))
 def test_inclusion_vector(path: Path) -> None:
     v = json.loads(path.read_text())
     args = (
@@ -67,9 +65,7 @@ def test_inclusion_vector(path: Path) -> None:
 
 
 @_needs_vectors
-@pytest.mark.parametrize(
-    "path", _vector_files("consistency"), ids=lambda p: str(p.relative_to(VECTORS))
-)
+@pytest.mark.parametrize("path", _vector_files("consistency"), ids=lambda p: str(p.relative_to(VECTORS)))
 def test_consistency_vector(path: Path) -> None:
     v = json.loads(path.read_text())
     args = (
@@ -131,9 +127,7 @@ def _entries(n: int, seed: int = 7) -> list[bytes]:
 
 def test_known_roots() -> None:
     assert merkle.root_of([]) == hashlib.sha256(b"").digest()
-    assert merkle.leaf_hash(b"") == bytes.fromhex(
-        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-    )
+    assert merkle.leaf_hash(b"") == bytes.fromhex("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d")
 
 
 @pytest.mark.parametrize("n", [*range(1, 34), 63, 64, 65, 100, 127, 128, 129])
@@ -222,9 +216,7 @@ def test_store_random_sizes_large() -> None:
         assert tree.root(s) == root
         merkle.verify_inclusion(m, s, hashes[m], tree.inclusion_proof(m, s), root)
         s1 = rnd.randrange(1, s + 1)
-        merkle.verify_consistency(
-            s1, s, tree.consistency_proof(s1, s), merkle.root_of(hashes[:s1]), root
-        )
+        merkle.verify_consistency(s1, s, tree.consistency_proof(s1, s), merkle.root_of(hashes[:s1]), root)
 
 
 def test_append_survives_rollback() -> None:

@@ -21,10 +21,7 @@ from ccn_node.ledger.note import (
 # the same seed must give the same key id, vkey and (deterministic Ed25519) signature.
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-GO_TEXT = (
-    "If you think cryptography is the answer to your problem,\n"
-    "then you don't know what your problem is.\n"
-)
+GO_TEXT = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
 GO_NOTE = (
     GO_TEXT + "\n— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNX"
     "gKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
@@ -67,7 +64,7 @@ def test_key_id_definition() -> None:
     assert s.key_id == want
     c = CosignatureSigner(s.name, s.private_key)
     assert c.key_id == hashlib.sha256(b"example.org/log\n\x04" + s.public_key).digest()[:4]
-    assert c.vkey().split("+")[2] == base64.b64encode(b"\x04" + s.public_key).decode()
+    assert c.vkey().split("+", 2)[2] == base64.b64encode(b"\x04" + s.public_key).decode()
 
 
 def test_checkpoint_round_trip() -> None:
@@ -249,17 +246,14 @@ def test_malformed_notes(signed: tuple[NoteSigner, str]) -> None:
 
 def test_size_limit(signed: tuple[NoteSigner, str]) -> None:
     s, text = signed
-    extra = "".join(
-        n.Signature(f"w{i}.example", b"\0\0\0\0", b"\1" * 64).line() + "\n" for i in range(80)
-    )
+    extra = "".join(n.Signature(f"w{i}.example", b"\0\0\0\0", b"\1" * 64).line() + "\n" for i in range(80))
     big = text + extra
     assert len(big.encode()) > n.MAX_NOTE_BYTES
     with pytest.raises(MalformedNote, match="larger"):
         n.open_checkpoint(big, [s.verifier()])
     # 16 cosignatures must fit (signed-note: accept at least 16 signatures).
     ok = text + "".join(
-        n.Signature(f"witness-{i}.example.org/w", b"\0\0\0\0", b"\1" * 72).line() + "\n"
-        for i in range(16)
+        n.Signature(f"witness-{i}.example.org/w", b"\0\0\0\0", b"\1" * 72).line() + "\n" for i in range(16)
     )
     assert n.open_checkpoint(ok, [s.verifier()])[0].size == 42
 

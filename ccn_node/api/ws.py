@@ -57,6 +57,11 @@ async def conversation_socket(request: web.Request) -> web.WebSocketResponse:
                 raw = msg.data.encode("utf-8", "surrogatepass")
             elif msg.type == WSMsgType.BINARY:
                 raw = msg.data
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    await ws.send_json(_error("invalid_encoding", "frame is not valid UTF-8"))
+                    continue
             elif msg.type == WSMsgType.ERROR:
                 break
             else:

@@ -246,6 +246,11 @@ class ConversationService:
             lock.release()
             self._locks.release(session_id)
 
+    async def context_state(self, user_id: str, session_id: str) -> dict[str, Any] | None:
+        """The state block's data for a conversation (what a spawning instance is validated with)."""
+        inputs = await self.store.read(_load_turn_inputs, user_id, session_id)
+        return None if inputs is None else self._state_for_context(inputs)
+
     async def dry_run(self, user_id: str, session_id: str, content: str) -> AssembledContext:
         """The context the next turn would send, without calling the model or storing anything."""
         self._check_content(content)
@@ -342,6 +347,11 @@ class ConversationService:
         if self.token_budget is not None and self.token_budget.remaining(user_id) <= 0:
             raise QuotaExceeded("daily model token quota used up", retry_after=self.token_budget.seconds_to_reset())
 
+        # The instance first: a refused spawn (validation failed → NotReady) stores nothing visible.
+        instance_id, validation_score = (None, None)
+        if self.hooks.instance_for is not None:
+            instance_id, validation_score = await self.hooks.instance_for(user_id, session_id)
+
         if question is None:
             user_cmd = c.AppendMessage(
                 request_id=f"{session_id}:{key}:user" if key else new_id("r"),
@@ -361,10 +371,6 @@ class ConversationService:
             user_message_id = value["message_id"]
         else:
             user_message_id = question["message_id"]
-
-        instance_id, validation_score = (None, None)
-        if self.hooks.instance_for is not None:
-            instance_id, validation_score = await self.hooks.instance_for(user_id, session_id)
 
         context = await self.store.read(self._assemble, user_id, session_id, content, inputs, {user_message_id})
         request = ModelRequest(

@@ -63,6 +63,11 @@ class RankParams(msgspec.Struct, frozen=True, kw_only=True):
     neighbour_span: int = 1
     recency_weight: float = 0.05
     speaker_weight: float = 0.15
+    feedback_docs: int = 8  # pseudo-relevance feedback: top turns read for expansion terms
+    feedback_terms: int = 10
+    feedback_weight: float = 0.3
+    windows: int = 60  # top turns whose neighbours are fetched
+    cost_exponent: float = 0.0  # rank by score / tokens**exponent
 
 
 class QueryTerm(msgspec.Struct, frozen=True):
@@ -186,7 +191,7 @@ ORDER BY s LIMIT ?
 _WINDOWS_SQL = """
 WITH w(sid, lo, hi) AS (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?))
 SELECT m.message_id, m.session_id, m.seq, m.role, m.content, m.created_at
-FROM w JOIN messages AS m ON m.session_id = w.sid AND m.seq BETWEEN w.lo AND w.hi
+FROM w CROSS JOIN messages AS m ON m.session_id = w.sid AND m.seq BETWEEN w.lo AND w.hi
 WHERE m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
 """
 
@@ -212,6 +217,20 @@ def _speakers(conn: apsw.Connection, user_id: str) -> dict[str, set[str]]:
     return out
 
 
+def _candidates(
+    conn: apsw.Connection, user_id: str, terms: list[QueryTerm], k: int, exclude_ids: set[str] | frozenset[str]
+) -> dict[str, Turn]:
+    """Top-k BM25 matches of ``terms`` among this user's turns (user filter in the SQL)."""
+    if not terms:
+        return {}
+    rows = conn.execute(_CANDIDATES_SQL, (fts_query(terms), user_id, k)).fetchall()
+    return {
+        r[0]: Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=-r[6])
+        for r in rows
+        if r[0] not in exclude_ids
+    }
+
+
 def relevant_turns(
     conn: apsw.Connection,
     user_id: str,
@@ -228,26 +247,58 @@ def relevant_turns(
         turns = [Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5],
                       score=0.0, source="recency") for r in rows if r[0] not in exclude_ids]
         return turns[:limit]
-    speakers = _speakers(conn, user_id) if p.method == "fused" and p.speaker_weight else {}
-    terms = query_terms(
-        conn,
-        text,
-        max_terms=p.max_terms if p.method == "fused" else 10_000,
-        max_df_share=p.max_df_share if p.method == "fused" else 1.0,
-    )
+    if p.method == "bm25":
+        terms = query_terms(conn, text, max_terms=10_000)
+        return sorted(_candidates(conn, user_id, terms, limit, exclude_ids).values(), key=lambda t: -t.score)
+    speakers = _speakers(conn, user_id) if p.speaker_weight else {}
+    terms = query_terms(conn, text, max_terms=p.max_terms, max_df_share=p.max_df_share)
     named = {t.stem for t in terms if t.surface.lower() in speakers}
     content_terms = [t for t in terms if t.stem not in named] or terms
-    if not content_terms:
+    cands = _candidates(conn, user_id, content_terms, p.candidates, exclude_ids)
+    if not cands:
         return []
-    rows = conn.execute(_CANDIDATES_SQL, (fts_query(content_terms), user_id, p.candidates)).fetchall()
-    cands = {
-        r[0]: Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=-r[6])
-        for r in rows
-        if r[0] not in exclude_ids
-    }
-    if p.method == "bm25" or not cands:
-        return sorted(cands.values(), key=lambda t: -t.score)[:limit]
     return _fuse(conn, user_id, cands, content_terms, named, speakers, exclude_ids, limit, p)
+
+
+def _normalise(turns: dict[str, Turn]) -> dict[str, float]:
+    top = max((t.score for t in turns.values()), default=0.0) or 1.0
+    return {mid: t.score / top for mid, t in turns.items()}
+
+
+def _expansion(
+    conn: apsw.Connection, docs: list[Turn], query: set[str], named: set[str], n: int
+) -> list[QueryTerm]:
+    """Pseudo-relevance feedback: the terms that best characterise the top turns.
+
+    The best turns for a question usually share vocabulary with the turns that answer it
+    but that the question does not use ("games" → the tournament names the user mentioned).
+    """
+    weight: dict[str, float] = {}
+    surface: dict[str, str] = {}
+    for rank, doc in enumerate(docs):
+        toks = _tokens(conn, doc.content, apsw.FTS5_TOKENIZE_DOCUMENT)
+        if not toks:
+            continue
+        share = 1.0 / (len(toks) ** 0.5) / (1 + rank) ** 0.5
+        for surf, stem in toks:
+            if stem in query or stem in named or stem in STOP_WORDS or surf.lower() in STOP_WORDS:
+                continue
+            if len(stem) < 3 or stem.isdigit():
+                continue
+            weight[stem] = weight.get(stem, 0.0) + share
+            surface.setdefault(stem, surf)
+    if not weight:
+        return []
+    vocab = _vocab(conn)
+    stems = list(weight)
+    marks = ",".join("?" * len(stems))
+    dfs = dict(conn.execute(f"SELECT term, doc FROM {vocab} WHERE term IN ({marks})", stems).fetchall())
+    total = max(_doc_count(conn), 1)
+    scored = [
+        (weight[s] * math.log(1 + total / (dfs[s] + 0.5)), s) for s in stems if dfs.get(s, 0) > 1 and weight[s] > 0
+    ]
+    scored.sort(reverse=True)
+    return [QueryTerm(surface[s], s, dfs[s]) for _, s in scored[:n]]
 
 
 def _fuse(
@@ -261,12 +312,11 @@ def _fuse(
     limit: int,
     p: RankParams,
 ) -> list[Turn]:
-    """BM25 fused with session coverage, neighbour support, speaker and recency."""
+    """BM25 fused with feedback terms, session coverage, neighbours, speaker and recency."""
     total = max(_doc_count(conn), 1)
     idf = {t.stem: math.log(1 + (total - t.df + 0.5) / (t.df + 0.5)) for t in terms}
     idf_sum = sum(idf.values()) or 1.0
-    top = max(t.score for t in cands.values()) or 1.0
-    base = {mid: t.score / top for mid, t in cands.items()}
+    lexical = _normalise(cands)
 
     # Session coverage: the share of the query's information the session's matching turns hold.
     matched: dict[str, set[str]] = {}
@@ -274,9 +324,21 @@ def _fuse(
         matched.setdefault(t.session_id, set()).update(_stems(conn, t.content) & idf.keys())
     coverage = {sid: sum(idf[s] for s in stems) / idf_sum for sid, stems in matched.items()}
 
+    if p.feedback_terms and p.feedback_weight:
+        first = sorted(
+            cands.values(), key=lambda t: -(lexical[t.message_id] + p.session_weight * coverage[t.session_id])
+        )[: p.feedback_docs]
+        extra = _expansion(conn, first, set(idf), named, p.feedback_terms)
+        more = _candidates(conn, user_id, extra, p.candidates, exclude_ids)
+        for mid, w in _normalise(more).items():
+            if mid not in cands:
+                cands[mid] = more[mid]
+                lexical[mid] = 0.0
+            lexical[mid] += p.feedback_weight * w
+
     # Neighbours: the turns around a match often hold the answer (a reply, a follow-up).
     span = p.neighbour_span
-    ranked = sorted(cands.values(), key=lambda t: -t.score)[: max(limit, 60)]
+    ranked = sorted(cands.values(), key=lambda t: -lexical[t.message_id])[: max(limit, p.windows)]
     windows = [[t.session_id, t.seq - span, t.seq + span] for t in ranked]
     by_pos: dict[tuple[str, int], Turn] = {(t.session_id, t.seq): t for t in cands.values()}
     for r in conn.execute(_WINDOWS_SQL, (msgspec.json.encode(windows).decode(), user_id)):
@@ -286,7 +348,7 @@ def _fuse(
             message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=0.0,
             source="neighbour",
         )
-    base_at = {(t.session_id, t.seq): base.get(t.message_id, 0.0) for t in by_pos.values()}
+    base_at = {(t.session_id, t.seq): lexical.get(t.message_id, 0.0) for t in by_pos.values()}
 
     wanted_roles: set[str] = set()
     for stem in named:
@@ -302,7 +364,8 @@ def _fuse(
         if wanted_roles and f"{sid}\x1f{t.role}" in wanted_roles:
             score += p.speaker_weight
         score += p.recency_weight * rank_of[t.created_at[:10] + sid] / max(len(order) - 1, 1)
-        t.score = score
+        # Value per token: a long turn must earn its place in a fixed budget.
+        t.score = score / (len(t.content) / 4 + 8) ** p.cost_exponent
     return sorted(by_pos.values(), key=lambda t: (-t.score, t.created_at, t.seq))[:limit]
 
 

@@ -54,15 +54,13 @@ GENESIS_PREVIOUS_HASH = "0" * 64
 """previous_hash of block 1: there is nothing before it."""
 
 _BLOCK_COLUMNS = (
-    "block_number, previous_hash, current_hash, tree_size, root, timestamp, "
-    "data_snapshot, checkpoint, verified"
+    "block_number, previous_hash, current_hash, tree_size, root, timestamp, data_snapshot, checkpoint, verified"
 )
 
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys, no spaces, no NaN: one text per value, so hashes repeat."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def block_hash(
@@ -116,8 +114,15 @@ class Block:
 
     def computed_hash(self) -> str:
         """The hash this block's fields imply (equal to current_hash when intact)."""
-        return block_hash(self.block_number, self.previous_hash, self.tree_size, self.root,
-                          self.timestamp, self.data_snapshot, self.checkpoint)
+        return block_hash(
+            self.block_number,
+            self.previous_hash,
+            self.tree_size,
+            self.root,
+            self.timestamp,
+            self.data_snapshot,
+            self.checkpoint,
+        )
 
 
 def next_block(
@@ -139,25 +144,30 @@ def next_block(
 
 
 def _row_block(row: tuple[Any, ...]) -> Block:
-    return Block(row[0], row[1], row[2], row[3], bytes.fromhex(row[4]), row[5], row[6], row[7],
-                 bool(row[8]))
+    return Block(row[0], row[1], row[2], row[3], bytes.fromhex(row[4]), row[5], row[6], row[7], bool(row[8]))
 
 
 def insert_block(conn: apsw.Connection, block: Block) -> None:
     """Store a block (in the caller's transaction)."""
     conn.execute(
         f"INSERT INTO verification_chain({_BLOCK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-        (block.block_number, block.previous_hash, block.current_hash, block.tree_size,
-         block.root.hex(), block.timestamp, block.data_snapshot, block.checkpoint,
-         int(block.verified)),
+        (
+            block.block_number,
+            block.previous_hash,
+            block.current_hash,
+            block.tree_size,
+            block.root.hex(),
+            block.timestamp,
+            block.data_snapshot,
+            block.checkpoint,
+            int(block.verified),
+        ),
     )
 
 
 def last_block(conn: apsw.Connection) -> Block | None:
     """The newest block, or None before the first seal."""
-    row = conn.execute(
-        f"SELECT {_BLOCK_COLUMNS} FROM verification_chain ORDER BY block_number DESC LIMIT 1"
-    ).fetchone()
+    row = conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM verification_chain ORDER BY block_number DESC LIMIT 1").fetchone()
     return None if row is None else _row_block(row)
 
 
@@ -212,8 +222,7 @@ class CheckpointSigner:
                 try:
                     merkle.verify_consistency(last_size, size, proof, last_root, root)
                 except ProofError as exc:
-                    raise CheckpointRefused(f"inconsistent with signed size {last_size}: {exc}") \
-                        from None
+                    raise CheckpointRefused(f"inconsistent with signed size {last_size}: {exc}") from None
         note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
         self._conn.execute(
             "INSERT INTO ledger_signed(origin, tree_size, root, note) VALUES (?,?,?,?) "
@@ -251,8 +260,9 @@ def seal_block(
     """
     prev = last_block(conn)
     size, root, note = signer.sign_tree(tree)
-    block = next_block(prev, tree_size=size, root=root, timestamp=timestamp,
-                       data_snapshot=data_snapshot, checkpoint=note)
+    block = next_block(
+        prev, tree_size=size, root=root, timestamp=timestamp, data_snapshot=data_snapshot, checkpoint=note
+    )
     insert_block(conn, block)
     return block
 
@@ -288,8 +298,10 @@ class AuditReport:
     def summary(self) -> str:
         """One line for ``ccn-node verify``."""
         if self.problem is None:
-            return (f"ledger OK: {self.leaves} leaves, tree, {self.blocks} blocks and their "
-                    f"signatures verified in {self.seconds:.2f} s")
+            return (
+                f"ledger OK: {self.leaves} leaves, tree, {self.blocks} blocks and their "
+                f"signatures verified in {self.seconds:.2f} s"
+            )
         return f"ledger BROKEN: {self.problem}"
 
 
@@ -337,25 +349,29 @@ def _first_diff(a: bytes, b: bytes) -> int:
 
 
 def _audit_leaves(conn: apsw.Connection, check_leaf: LeafCheck | None) -> bytes:
-    """Leaf hashes recomputed from ``ledger_leaves`` (checked to be numbered 0..n-1)."""
+    """Leaf hashes recomputed from ``ledger_leaves`` (checked to be numbered 0..n-1).
+
+    The fast path is one list comprehension over one scan: per-row Python work is
+    what a million-entry audit pays for.
+    """
     sha = hashlib.sha256
-    out: list[bytes] = []
-    append = out.append
     if check_leaf is None:
-        rows = conn.execute("SELECT idx, leaf_bytes FROM ledger_leaves ORDER BY idx")
-        for expect, (idx, data) in enumerate(rows):
-            if idx != expect:
-                _missing_leaf(expect, idx)
-            append(sha(b"\x00" + data).digest())
-    else:
-        rows = conn.execute("SELECT idx, kind, ref, leaf_bytes FROM ledger_leaves ORDER BY idx")
-        for expect, (idx, kind, ref, data) in enumerate(rows):
-            if idx != expect:
-                _missing_leaf(expect, idx)
-            msg = check_leaf(idx, kind, ref, data)
-            if msg:
-                raise _Stop(Problem("ledger_leaves", str(idx), msg))
-            append(sha(b"\x00" + data).digest())
+        out = [sha(b"\x00" + d).digest() for (d,) in conn.execute("SELECT leaf_bytes FROM ledger_leaves ORDER BY idx")]
+        lo, hi = conn.execute("SELECT min(idx), max(idx) FROM ledger_leaves").fetchone()
+        if out and (lo != 0 or hi != len(out) - 1):  # idx is unique: a gap shows here
+            for expect, (idx,) in enumerate(conn.execute("SELECT idx FROM ledger_leaves ORDER BY idx")):
+                if idx != expect:
+                    _missing_leaf(expect, idx)
+        return b"".join(out)
+    out = []
+    rows = conn.execute("SELECT idx, kind, ref, leaf_bytes FROM ledger_leaves ORDER BY idx")
+    for expect, (idx, kind, ref, data) in enumerate(rows):
+        if idx != expect:
+            _missing_leaf(expect, idx)
+        msg = check_leaf(idx, kind, ref, data)
+        if msg:
+            raise _Stop(Problem("ledger_leaves", str(idx), msg))
+        out.append(sha(b"\x00" + data).digest())
     return b"".join(out)
 
 
@@ -367,7 +383,6 @@ def _missing_leaf(expect: int, idx: int) -> None:
 
 def _audit_nodes(conn: apsw.Connection, level0: bytes) -> list[bytes]:
     """Compare every stored level with its recomputation; returns the levels."""
-    sha = hashlib.sha256
     levels: list[bytes] = []
     want = level0
     level = 0
@@ -377,36 +392,38 @@ def _audit_nodes(conn: apsw.Connection, level0: bytes) -> list[bytes]:
         n = len(want) // 32
         if n < 2:
             break
-        want = b"".join([sha(b"\x01" + want[i : i + 64]).digest() for i in range(0, 64 * (n // 2), 64)])
+        want = _parents(want)
         level += 1
     extra = conn.execute(
         "SELECT level, idx FROM ledger_nodes WHERE level > ? ORDER BY level, idx LIMIT 1",
         (len(levels) - 1 if len(level0) else -1,),
     ).fetchone()
     if extra is not None:
-        raise _Stop(Problem("ledger_nodes", f"level={extra[0]},idx={extra[1]}",
-                            "node beyond the tree's height"))
+        raise _Stop(Problem("ledger_nodes", f"level={extra[0]},idx={extra[1]}", "node beyond the tree's height"))
     return levels
+
+
+def _parents(level: bytes) -> bytes:
+    """The next level up: SHA-256(0x01 || left || right) for each complete pair
+    (memoryview slices: no copy of the pair before it is hashed)."""
+    mv = memoryview(level)
+    sha = hashlib.sha256
+    end = 64 * (len(level) // 64)
+    return b"".join([sha(b"\x01" + mv[i : i + 64]).digest() for i in range(0, end, 64)])
 
 
 def _compare_level(conn: apsw.Connection, level: int, want: bytes) -> None:
     n = len(want) // 32
-    stored = b"".join(
-        [h for (h,) in conn.execute(
-            "SELECT hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,))]
-    )
-    if stored == want:
-        # Same bytes; rule out a wrong-length hash shifting the rest into place by
-        # checking the row count and index range too (one index scan).
-        cnt, lo, hi = conn.execute(
-            "SELECT count(*), min(idx), max(idx) FROM ledger_nodes WHERE level = ?", (level,)
-        ).fetchone()
-        if cnt == n and (n == 0 or (lo == 0 and hi == n - 1)):
+    hashes = [h for (h,) in conn.execute("SELECT hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,))]
+    if len(hashes) == n and b"".join(hashes) == want:
+        # Same bytes from n rows; rule out renumbered rows or hashes of the wrong length
+        # (idx is unique, so min 0 and max n-1 over n rows means exactly 0..n-1).
+        lo, hi = conn.execute("SELECT min(idx), max(idx) FROM ledger_nodes WHERE level = ?", (level,)).fetchone()
+        if (n == 0 or (lo == 0 and hi == n - 1)) and all(len(h) == 32 for h in hashes):
             return
+    del hashes
     expect = 0
-    for idx, h in conn.execute(
-        "SELECT idx, hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,)
-    ):
+    for idx, h in conn.execute("SELECT idx, hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,)):
         row = f"level={level},idx={idx}"
         if idx != expect:
             if idx < expect or expect >= n:
@@ -417,12 +434,13 @@ def _compare_level(conn: apsw.Connection, level: int, want: bytes) -> None:
         good = want[32 * idx : 32 * idx + 32]
         if h != good:
             if level == 0 and not _node_row_at_fault(conn, want, idx):
-                raise _Stop(Problem("ledger_leaves", str(idx),
-                                    f"leaf_bytes hash to {good.hex()}, the tree holds "
-                                    f"{bytes(h).hex()}"))
+                raise _Stop(
+                    Problem(
+                        "ledger_leaves", str(idx), f"leaf_bytes hash to {good.hex()}, the tree holds {bytes(h).hex()}"
+                    )
+                )
             what = "leaf hash" if level == 0 else "node hash"
-            raise _Stop(Problem("ledger_nodes", row,
-                                f"stored {what} {bytes(h).hex()} != recomputed {good.hex()}"))
+            raise _Stop(Problem("ledger_nodes", row, f"stored {what} {bytes(h).hex()} != recomputed {good.hex()}"))
         expect += 1
     raise _Stop(Problem("ledger_nodes", f"level={level},idx={expect}", "missing"))
 
@@ -434,9 +452,7 @@ def _node_row_at_fault(conn: apsw.Connection, level0: bytes, idx: int) -> bool:
     if 32 * sib + 32 > len(level0):
         return False
     pair = level0[32 * (idx & ~1) : 32 * (idx & ~1) + 64]
-    row = conn.execute(
-        "SELECT hash FROM ledger_nodes WHERE level = 1 AND idx = ?", (idx >> 1,)
-    ).fetchone()
+    row = conn.execute("SELECT hash FROM ledger_nodes WHERE level = 1 AND idx = ?", (idx >> 1,)).fetchone()
     return row is not None and row[0] == hashlib.sha256(b"\x01" + pair).digest()
 
 
@@ -456,9 +472,7 @@ def _audit_blocks(
 ) -> int:
     prev: Block | None = None
     count = 0
-    for row in conn.execute(
-        f"SELECT {_BLOCK_COLUMNS} FROM verification_chain ORDER BY block_number"
-    ):
+    for row in conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM verification_chain ORDER BY block_number"):
         n = row[0]
 
         def bad(msg: str, n: int = n) -> _Stop:
@@ -470,8 +484,7 @@ def _audit_blocks(
             raise bad("root is not hex") from None
         expect_n = 1 if prev is None else prev.block_number + 1
         if n != expect_n:
-            raise _Stop(Problem("verification_chain", str(expect_n),
-                                f"missing (next stored block is {n})"))
+            raise _Stop(Problem("verification_chain", str(expect_n), f"missing (next stored block is {n})"))
         expect_prev = GENESIS_PREVIOUS_HASH if prev is None else prev.current_hash
         if b.previous_hash != expect_prev:
             raise bad(f"previous_hash {b.previous_hash} != hash of block {n - 1} {expect_prev}")
@@ -480,8 +493,10 @@ def _audit_blocks(
         except NoteError as exc:
             raise bad(f"checkpoint does not verify: {exc}") from None
         if (cp.size, cp.root) != (b.tree_size, b.root):
-            raise bad(f"checkpoint is for size {cp.size} root {cp.root.hex()}, block says "
-                      f"size {b.tree_size} root {b.root.hex()}")
+            raise bad(
+                f"checkpoint is for size {cp.size} root {cp.root.hex()}, block says "
+                f"size {b.tree_size} root {b.root.hex()}"
+            )
         try:
             computed = b.computed_hash()
         except ValueError as exc:
@@ -500,13 +515,12 @@ def _audit_blocks(
     return count
 
 
-def _audit_signed(
-    conn: apsw.Connection, levels: list[bytes], leaves: int, verifiers: list[Verifier]
-) -> None:
+def _audit_signed(conn: apsw.Connection, levels: list[bytes], leaves: int, verifiers: list[Verifier]) -> None:
     """The last-signed record must be a valid note for a head of this very tree."""
     for origin, size, root, note in conn.execute(
         "SELECT origin, tree_size, root, note FROM ledger_signed ORDER BY origin"
     ):
+
         def bad(msg: str, origin: str = origin) -> _Stop:
             return _Stop(Problem("ledger_signed", origin, msg))
 

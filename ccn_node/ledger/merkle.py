@@ -181,9 +181,7 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         raise ProofError("inclusion proof does not lead to the root")
 
 
-def verify_consistency(
-    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
-) -> None:
+def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> None:
     """RFC 9162 §2.1.4.2: raise ProofError unless root2 extends root1.
 
     Equal sizes need an empty proof and equal roots (the empty tree's root must be
@@ -240,16 +238,12 @@ def verify_consistency(
 
 def inclusion_proof_of(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:
     """Inclusion proof over in-memory leaf hashes (small trees, tests, tools)."""
-    return proof_from_ranges(
-        inclusion_ranges(index, len(leaf_hashes)), _memory_lookup(leaf_hashes)
-    )
+    return proof_from_ranges(inclusion_ranges(index, len(leaf_hashes)), _memory_lookup(leaf_hashes))
 
 
 def consistency_proof_of(leaf_hashes: Sequence[bytes], size1: int) -> list[bytes]:
     """Consistency proof from size1 to len(leaf_hashes), over in-memory leaf hashes."""
-    return proof_from_ranges(
-        consistency_ranges(size1, len(leaf_hashes)), _memory_lookup(leaf_hashes)
-    )
+    return proof_from_ranges(consistency_ranges(size1, len(leaf_hashes)), _memory_lookup(leaf_hashes))
 
 
 def _memory_lookup(leaf_hashes: Sequence[bytes]) -> Callable[[list[NodeId]], dict[NodeId, bytes]]:

@@ -74,12 +74,7 @@ def b64encode(raw: bytes) -> str:
 
 def valid_key_name(name: str) -> bool:
     """Non-empty, no Unicode space, no '+', no control character (signed-note §Format)."""
-    return (
-        bool(name)
-        and "+" not in name
-        and not any(c.isspace() for c in name)
-        and all(ord(c) >= 0x20 for c in name)
-    )
+    return bool(name) and "+" not in name and not any(c.isspace() for c in name) and all(ord(c) >= 0x20 for c in name)
 
 
 def key_id(name: str, alg: int, public_key: bytes) -> bytes:
@@ -341,9 +336,7 @@ def parse_note(msg: str | bytes, max_bytes: int = MAX_NOTE_BYTES) -> Note:
     return Note(text, tuple(sigs))
 
 
-def open_note(
-    msg: str | bytes, verifiers: Iterable[Verifier], max_bytes: int = MAX_NOTE_BYTES
-) -> Note:
+def open_note(msg: str | bytes, verifiers: Iterable[Verifier], max_bytes: int = MAX_NOTE_BYTES) -> Note:
     """Parse and verify: every signature by a known (name, key id) must verify, and at
     least one must exist. Unknown signatures are kept but not trusted (signed-note)."""
     note = parse_note(msg, max_bytes)

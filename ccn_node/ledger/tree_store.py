@@ -19,6 +19,7 @@ from ccn_node.ledger.schema import ledger_schema_sql
 
 __all__ = ["Leaf", "MerkleTree", "ledger_schema_sql"]
 
+
 @dataclass(frozen=True, slots=True)
 class Leaf:
     """One ledger entry as stored: its canonical bytes and what it refers to."""
@@ -39,7 +40,7 @@ class MerkleTree:
     cache is then reloaded from the database. ``reset_cache()`` forces that.
     """
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: apsw.Connection | apsw.Cursor) -> None:
         self._conn = conn
         self._size: int | None = None
         self._frontier: list[tuple[int, bytes]] = []  # (level, hash), largest first
@@ -50,9 +51,8 @@ class MerkleTree:
     def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int:
         """Add one leaf; returns its index. Must run inside the caller's transaction."""
         size = self._checked_size()
-        cur = self._conn.cursor()
         h = merkle.leaf_hash(leaf_bytes)
-        cur.execute(
+        self._conn.execute(
             "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes) VALUES (?, ?, ?, ?)",
             (size, kind, ref, leaf_bytes),
         )
@@ -66,7 +66,7 @@ class MerkleTree:
             level += 1
             rows.append((level, i, node))
         frontier.append((level, node))
-        cur.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
+        self._conn.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
         self._size = size + 1
         self._last_leaf = h
         return size
@@ -156,9 +156,7 @@ class MerkleTree:
     def find(self, ref: str, kind: str | None = None) -> list[int]:
         """Leaf indices recorded for ``ref`` (e.g. a message id), oldest first."""
         if kind is None:
-            rows = self._conn.execute(
-                "SELECT idx FROM ledger_leaves WHERE ref = ? ORDER BY idx", (ref,)
-            )
+            rows = self._conn.execute("SELECT idx FROM ledger_leaves WHERE ref = ? ORDER BY idx", (ref,))
         else:
             rows = self._conn.execute(
                 "SELECT idx FROM ledger_leaves WHERE ref = ? AND kind = ? ORDER BY idx",

@@ -25,7 +25,7 @@ class ModelSettings(msgspec.Struct, kw_only=True, frozen=True):
     cache_write / cache_read in USD per million tokens."""
 
     backend: Literal["auto", "offline", "anthropic", "openai"] = "auto"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     max_tokens: int = 1024
     base_url: str = ""
     api_key: str = ""

@@ -48,6 +48,7 @@ import msgspec
 from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import Journal, MetaStorer
 from pysyncobj.node import TCPNode
+from pysyncobj.pickle import dumps as pysyncobj_dumps
 from pysyncobj.transport import TCPTransport
 
 from ccn_node.replication.log import (
@@ -79,6 +80,7 @@ _PRIVATE_ATTRS = (
     "_SyncObj__transport",
     "_SyncObj__lastResponseTime",
     "_SyncObj__noopIDx",
+    "_SyncObj__raftNextIndex",
 )
 
 
@@ -158,12 +160,10 @@ class _FsyncMetaStorer(MetaStorer):
     storer only renames an unsynced file, so a power cut could let a node vote twice.
     """
 
-    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 (pysyncobj's name)
-        from pysyncobj.pickle import dumps
-
+    def storeMeta(self, meta: dict[str, Any]) -> None:
         path = self.getPath()
         with open(path + ".tmp", "wb") as f:
-            f.write(dumps(meta))
+            f.write(pysyncobj_dumps(meta))
             f.flush()
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
@@ -185,11 +185,11 @@ class _TrackedJournal(Journal):
         self.inner.clear()
         self.dirty = True
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         self.inner.deleteEntriesFrom(entryFrom)
         self.dirty = True
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803
+    def deleteEntriesTo(self, entryTo: int) -> None:
         self.inner.deleteEntriesTo(entryTo)
         self.dirty = True
 
@@ -202,22 +202,22 @@ class _TrackedJournal(Journal):
     def _destroy(self) -> None:
         self.inner._destroy()
 
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         self.inner.setRaftCommitIndex(raftCommitIndex)
 
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
+    def getRaftCommitIndex(self) -> int:
         return self.inner.getRaftCommitIndex()
 
-    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
         self.inner.setCurrentTerm(term, votedForNodeId)
 
-    def getCurrentTerm(self) -> int:  # noqa: N802
+    def getCurrentTerm(self) -> int:
         return self.inner.getCurrentTerm()
 
-    def getVotedForNodeId(self) -> Any:  # noqa: N802
+    def getVotedForNodeId(self) -> Any:
         return self.inner.getVotedForNodeId()
 
-    def onOneSecondTimer(self) -> None:  # noqa: N802
+    def onOneSecondTimer(self) -> None:
         self.inner.onOneSecondTimer()
 
     def flush(self) -> None:
@@ -230,7 +230,7 @@ class _TrackedJournal(Journal):
 class _AckHoldingTransport(TCPTransport):
     """Holds a follower's append acknowledgements until the tick has flushed the journal."""
 
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
         self.hold = False
         self.held: list[tuple[Any, dict[str, Any]]] = []
@@ -240,6 +240,25 @@ class _AckHoldingTransport(TCPTransport):
             self.held.append((node, message))
             return True
         return super().send(node, message)
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        """Keep the leader's nextIndex from moving back on a late acknowledgement.
+
+        pysyncobj sets nextIndex from every successful ``next_node_idx``; with one
+        append_entries per command, acks arrive for messages older than the newest one sent,
+        so nextIndex rewinds and the leader re-sends entries the follower already has (which
+        the follower then truncates and re-appends, logging "truncating already-applied log
+        entries"). nextIndex is only a hint in Raft: a follower that really misses entries
+        answers with ``reset`` and the leader backs off as before.
+        """
+        if message.get("type") == "next_node_idx" and message.get("success") and not message.get("reset"):
+            next_index = self._syncObj._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            super()._onMessageReceived(node, message)
+            if before is not None and next_index.get(node, before) < before:
+                next_index[node] = before
+            return
+        super()._onMessageReceived(node, message)
 
     def release(self) -> None:
         held, self.held = self.held, []
@@ -470,7 +489,9 @@ class RaftLog:
                     prop, BackpressureError("the raft queue is full", request_id=prop.request_id, retry_after=1.0)
                 )
         else:
-            self._finish_error(prop, CommandLogError(f"pysyncobj refused the entry ({error})", request_id=prop.request_id))
+            self._finish_error(
+                prop, CommandLogError(f"pysyncobj refused the entry ({error})", request_id=prop.request_id)
+            )
 
     def _retry(self, prop: _Proposal, delay: float, *, wait_for_leader: bool = False) -> None:
         assert self._loop is not None
@@ -587,7 +608,10 @@ class RaftLog:
                 else:
                     log.debug("tick stopped by fatal error", exc_info=exc)
             if self._fatal is None:
-                self._end_tick()
+                try:
+                    self._end_tick()
+                except Exception:
+                    log.exception("raft tick bookkeeping failed")
             if self._fatal is not None:
                 self._die()
                 return
@@ -605,6 +629,7 @@ class RaftLog:
             inner = raft._SyncObj__raftLog  # type: ignore[attr-defined]
             inner._FileJournal__metaStorer = _FsyncMetaStorer(inner._FileJournal__metaStorer.getPath())
             inner.flush()
+            fsync_dir(s.raft_dir)
             self._journal = _TrackedJournal(inner)
             raft._SyncObj__raftLog = self._journal  # type: ignore[attr-defined]
             self._transport.hold = True
@@ -716,7 +741,9 @@ class RaftLog:
             self_address=self.settings.self_address,
             commit_index=st["commit_idx"],
             applied_index=st["last_applied"],
-            has_quorum=(time.monotonic() < self._lease_until) if is_leader else (leader is not None and st["has_quorum"]),
+            has_quorum=(time.monotonic() < self._lease_until)
+            if is_leader
+            else (leader is not None and st["has_quorum"]),
             peers=peers,
         )
 

@@ -300,7 +300,15 @@ class StateMachine:
             )
             if existing is not None:
                 return {"message_id": existing[0], "seq": existing[1], "existing": True}
-        seq = conv[2] + 1
+        if cmd.kind == "validation":
+            # Validation answers (continuity/instances.py) take seq -1, -2, …: the conversation's
+            # own seq and message_count stay dense and count only what its owner sees.
+            low = self._one("SELECT min(seq) FROM messages WHERE session_id = ? AND seq < 0", (cmd.session_id,))
+            seq = (low[0] if low is not None and low[0] is not None else 0) - 1
+        elif cmd.kind == "chat":
+            seq = conv[2] + 1
+        else:
+            raise Rejected("invalid", f"kind must be chat or validation, not {cmd.kind!r}")
         self.conn.execute(
             "INSERT INTO messages(message_id, session_id, user_id, seq, role, kind, content, content_sha256,"
             " created_at, tokens, idempotency_key, reply_to, model, instance_id, manifest, usage,"
@@ -329,10 +337,11 @@ class StateMachine:
                 index,
             ),
         )
-        self.conn.execute(
-            "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
-            (seq, cmd.created_at, cmd.session_id),
-        )
+        if cmd.kind == "chat":
+            self.conn.execute(
+                "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
+                (seq, cmd.created_at, cmd.session_id),
+            )
         metrics = cmd.metrics or {}
         if cmd.character_snapshot is not None:
             self.conn.execute(

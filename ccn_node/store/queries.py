@@ -183,3 +183,121 @@ def current_plate(conn: apsw.Connection) -> dict[str, Any] | None:
 def applied_index(conn: apsw.Connection) -> int:
     rows = conn.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
     return int(rows[0][0]) if rows else 0
+
+
+# -- instances, consensus rounds and metrics (continuity/instances.py, consensus_service.py) --
+
+INSTANCE_COLUMNS = (
+    "instance_id, session_id, node_id, status, spawned_at, last_heartbeat, terminated_at, termination_reason,"
+    " plate_version, validation, character_vector, drift"
+)
+
+
+def list_instances(
+    conn: apsw.Connection, *, status: str | None = None, limit: int = 200, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Instances of every node, newest first (admin view; the registry holds no message content)."""
+    sql = f"SELECT {INSTANCE_COLUMNS} FROM instance_registry"
+    args: list[Any] = []
+    if status is not None:
+        sql += " WHERE status = ?"
+        args.append(status)
+    sql += " ORDER BY spawned_at DESC, instance_id LIMIT ? OFFSET ?"
+    args += [limit, offset]
+    rows = [_decode_json(r) for r in rows_as_dicts(conn.execute(sql, args))]
+    for row in rows:
+        if isinstance(row.get("character_vector"), str):
+            row["character_vector"] = json.loads(row["character_vector"])
+    return rows
+
+
+def active_instance_vectors(conn: apsw.Connection) -> dict[str, Any]:
+    """{instance id: character vector as stored (unchecked JSON)} of active instances that have one."""
+    rows = conn.execute(
+        "SELECT instance_id, character_vector FROM instance_registry"
+        " WHERE status = 'active' AND character_vector IS NOT NULL"
+    ).fetchall()
+    return {r[0]: json.loads(r[1]) for r in rows}
+
+
+def node_instances(conn: apsw.Connection, node_id: str, statuses: tuple[str, ...] = ("active", "spawning")) -> list[str]:
+    """Ids of the instances a node registered that are still in one of ``statuses``."""
+    marks = ", ".join("?" for _ in statuses)
+    rows = conn.execute(
+        f"SELECT instance_id FROM instance_registry WHERE node_id = ? AND status IN ({marks})", (node_id, *statuses)
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def last_passed_validation(conn: apsw.Connection, session_id: str) -> float | None:
+    """Score of the last instance of a conversation whose validation ran and passed, else None."""
+    rows = conn.execute(
+        "SELECT validation ->> '$.score' FROM instance_registry WHERE session_id = ?"
+        " AND validation ->> '$.ran' = 1 AND validation ->> '$.passed' = 1"
+        " ORDER BY spawned_at DESC LIMIT 1",
+        (session_id,),
+    ).fetchall()
+    return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def count_active_instances(conn: apsw.Connection, user_id: str | None = None) -> int:
+    if user_id is None:
+        return int(conn.execute("SELECT count(*) FROM instance_registry WHERE status = 'active'").fetchall()[0][0])
+    rows = conn.execute(
+        "SELECT count(*) FROM instance_registry i JOIN conversations c ON c.session_id = i.session_id"
+        " WHERE i.status = 'active' AND c.user_id = ?",
+        (user_id,),
+    ).fetchall()
+    return int(rows[0][0])
+
+
+def last_consensus(conn: apsw.Connection) -> dict[str, Any] | None:
+    rows = rows_as_dicts(
+        conn.execute(
+            "SELECT round_id, created_at, term, node_id, instance_count, consensus_vector, outliers, drifts,"
+            " latency_ms FROM consensus_log ORDER BY log_index DESC LIMIT 1"
+        )
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    for key in ("consensus_vector", "outliers", "drifts"):
+        row[key] = json.loads(row[key])
+    return row
+
+
+def metrics_series(conn: apsw.Connection, user_id: str, session_id: str) -> list[dict[str, Any]] | None:
+    """Per-turn seed metrics of one of the caller's conversations in order; None if not theirs."""
+    if get_conversation(conn, user_id, session_id) is None:
+        return None
+    rows = rows_as_dicts(
+        conn.execute(
+            "SELECT m.message_id, m.seq, cm.created_at, cm.data FROM consciousness_metrics cm"
+            " JOIN messages m ON m.message_id = cm.message_id"
+            " WHERE cm.session_id = ? AND m.user_id = ? AND m.kind = 'chat' ORDER BY m.seq",
+            (session_id, user_id),
+        )
+    )
+    for row in rows:
+        row["metrics"] = json.loads(row.pop("data"))
+    return rows
+
+
+def latest_metrics_by_conversation(conn: apsw.Connection, user_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The caller's active conversations, most recently active first, each with its last turn's metrics."""
+    rows = rows_as_dicts(
+        conn.execute(
+            "SELECT c.session_id, c.title, c.message_count, c.last_message_at,"
+            " (SELECT cm.data FROM consciousness_metrics cm WHERE cm.session_id = c.session_id"
+            "  ORDER BY cm.id DESC LIMIT 1) AS metrics,"
+            " (SELECT cm.created_at FROM consciousness_metrics cm WHERE cm.session_id = c.session_id"
+            "  ORDER BY cm.id DESC LIMIT 1) AS measured_at"
+            " FROM conversations c WHERE c.user_id = ? AND c.status = 'active'"
+            " ORDER BY coalesce(c.last_message_at, c.created_at) DESC LIMIT ?",
+            (user_id, limit),
+        )
+    )
+    for row in rows:
+        if isinstance(row["metrics"], str):
+            row["metrics"] = json.loads(row["metrics"])
+    return rows

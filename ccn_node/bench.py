@@ -1,0 +1,264 @@
+"""`ccn-node bench …`: the dispatcher, and the node-level benchmarks (turn overhead, ingest,
+start-up time and idle memory). Every figure is measured in this run and printed next to its
+target; nothing here asserts — tests assert behaviour, benchmarks report speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _ServedNode:
+    """A `ccn-node serve` child process in a temporary data directory."""
+
+    def __init__(self, data_dir: Path, extra: str = "") -> None:
+        from ccn_node.cli import init_data_dir
+
+        self.port = _free_port()
+        self.config = init_data_dir(data_dir, listen=f"127.0.0.1:{self.port}", name="bench")
+        if extra:
+            self.config.write_text(self.config.read_text() + "\n" + extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> float:
+        env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ccn_node", "serve", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        import http.client
+
+        while time.perf_counter() - t0 < 30:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                conn.request("GET", "/ready")
+                if conn.getresponse().status == 200:
+                    return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError("node did not become ready in 30 s")
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def token(self, user: str) -> str:
+        from ccn_node.api.auth import TokenAuthority
+        from ccn_node.config import jwt_secret, load_config
+
+        cfg = load_config(self.config)
+        return TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=3600).issue(user)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_startup_bench(runs: int = 5) -> dict[str, Any]:
+    """Time from process start to /ready, and RSS after 2 s idle."""
+    times, rss = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            node = _ServedNode(Path(tmp))
+            try:
+                times.append(node.start())
+                time.sleep(2.0)
+                rss.append(node.rss_mb())
+            finally:
+                node.stop()
+    return {
+        "start_to_ready_s": {"median": statistics.median(times), "max": max(times), "target": 1.5},
+        "idle_rss_mb": {"median": statistics.median(rss), "max": max(rss), "target": 80},
+        "runs": runs,
+    }
+
+
+async def _turn_load(node: _ServedNode, turns: int, clients: int) -> dict[str, Any]:
+    token = node.token("bench")
+    headers = {"Authorization": f"Bearer {token}"}
+    overhead: list[float] = []
+    total: list[float] = []
+    async with aiohttp.ClientSession(headers=headers) as http:
+        sessions = []
+        for _ in range(clients):
+            async with http.post(f"{node.url}/api/v1/conversation/start", json={}) as r:
+                sessions.append((await r.json())["session_id"])
+
+        async def client(sid: str, n: int) -> None:
+            for i in range(n):
+                t0 = time.perf_counter()
+                async with http.post(f"{node.url}/api/v1/conversation/{sid}/message",
+                                     json={"content": f"benchmark turn {i}: tell me about topic {i % 17}"}) as r:
+                    body = await r.json()
+                    if r.status != 200:
+                        raise RuntimeError(f"turn failed: {body}")
+                elapsed = (time.perf_counter() - t0) * 1000
+                total.append(elapsed)
+                overhead.append(elapsed - float(body["usage"].get("latency_ms", 0.0)))
+
+        per = max(1, turns // clients)
+        # warm-up
+        await client(sessions[0], 5)
+        overhead.clear()
+        total.clear()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(s, per) for s in sessions))
+        wall = time.perf_counter() - t0
+    return {
+        "turns": len(total),
+        "clients": clients,
+        "overhead_ms": {"p50": _pct(overhead, 50), "p95": _pct(overhead, 95), "target_p95": 25.0},
+        "total_ms": {"p50": _pct(total, 50), "p95": _pct(total, 95)},
+        "turns_per_s": len(total) / wall,
+    }
+
+
+def run_turn_bench(turns: int = 300, clients: int = 1) -> dict[str, Any]:
+    """Node overhead per turn: HTTP in → reply stored, model time (offline backend) excluded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        node = _ServedNode(Path(tmp), "[limits]\nrequests_per_minute = 1000000\nburst = 100000\n")
+        try:
+            node.start()
+            sequential = asyncio.run(_turn_load(node, turns, 1))
+            concurrent = asyncio.run(_turn_load(node, turns, max(clients, 8)))
+        finally:
+            node.stop()
+    return {"sequential": sequential, "concurrent": concurrent}
+
+
+def run_ingest_bench(messages: int = 20_000, writers: int = 256) -> dict[str, Any]:
+    """Messages/s through the command path (LocalLog → state machine → SQLite + FTS + ledger)."""
+    from ccn_node.clock import new_id, now_iso
+    from ccn_node.ledger.schema import ledger_schema_sql
+    from ccn_node.ledger.tree_store import MerkleTree
+    from ccn_node.replication import commands as c
+    from ccn_node.replication.local_log import LocalLog
+    from ccn_node.replication.state_machine import StateMachine
+    from ccn_node.store.database import Store
+
+    async def run(path: Path, writers: int) -> dict[str, Any]:
+        store = Store(path, extra_schema=[ledger_schema_sql()])
+        sm = StateMachine(store.writer, ledger=MerkleTree(store.writer))
+        log = LocalLog(sm)
+        await log.start()
+        try:
+            await log.propose(c.encode(c.CreateUser(request_id="u", user_id="u", name="u", role="user",
+                                                    created_at=now_iso())), "u")
+            sessions = []
+            for i in range(100):
+                sid = f"s{i}"
+                await log.propose(c.encode(c.StartConversation(
+                    request_id=sid, session_id=sid, user_id="u", title="", created_at=now_iso(),
+                    plate_version="1", plate_sha256="x")), sid)
+                sessions.append(sid)
+            body = ("The quick brown fox considers continuity across sessions and machines. " * 5)[:300]
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(messages):
+                queue.put_nowait(i)
+            latencies: list[float] = []
+
+            async def writer() -> None:
+                while True:
+                    try:
+                        i = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    cmd = c.AppendMessage(request_id=new_id("r"), message_id=new_id("m"), session_id=sessions[i % 100],
+                                          user_id="u", role="user", content=body, created_at=now_iso(), tokens=75)
+                    t0 = time.perf_counter()
+                    await log.propose(c.encode(cmd), cmd.request_id)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(writer() for _ in range(writers)))
+            wall = time.perf_counter() - t0
+        finally:
+            await log.stop()
+            store.close()
+        return {"messages": messages, "writers": writers, "messages_per_s": messages / wall,
+                "commit_ms": {"p50": _pct(latencies, 50), "p99": _pct(latencies, 99)}}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        many = asyncio.run(run(Path(tmp) / "a.sqlite3", writers))
+    with tempfile.TemporaryDirectory() as tmp:
+        one = asyncio.run(run(Path(tmp) / "b.sqlite3", 1))
+    return {f"writers_{writers}": many, "writers_1": one}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    what = args.what
+    if what == "retrieval":
+        from ccn_node.continuity.bench_retrieval import run_retrieval_bench
+
+        if not args.locomo:
+            raise SystemExit("ccn-node bench retrieval needs --locomo FILE")
+        return run_retrieval_bench(args.locomo, budget=args.budget)
+    if what == "context":
+        from ccn_node.continuity.bench_context import run_context_bench_sizes
+
+        sizes = [int(x) for x in args.sizes.split(",") if x]
+        return run_context_bench_sizes(sizes, samples=args.samples)
+    if what == "turn":
+        return {"turn": run_turn_bench(), "ingest": run_ingest_bench()}
+    if what == "startup":
+        return run_startup_bench()
+    if what == "ledger":
+        from ccn_node.ledger.bench import run_ledger_bench
+
+        return run_ledger_bench()
+    if what == "continuity":
+        from ccn_node.continuity.bench_character import run_continuity_bench
+
+        return run_continuity_bench()
+    raise SystemExit(f"unknown benchmark {what}")
+
+
+def render(result: dict[str, Any], indent: int = 0) -> str:
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            lines.append(" " * indent + f"{key}:")
+            lines.append(render(value, indent + 2))
+        elif isinstance(value, float):
+            lines.append(" " * indent + f"{key}: {value:.4g}")
+        else:
+            lines.append(" " * indent + f"{key}: {value}")
+    return "\n".join(lines)

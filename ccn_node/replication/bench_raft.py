@@ -1,0 +1,299 @@
+"""Raft benchmarks on 3 local processes: the bare-pysyncobj ceiling and RaftLog itself.
+
+``run_cluster_ceiling_bench()`` is the baseline issue 3 names: an in-memory pysyncobj
+counter with the same network settings as RaftLog (password, no append batching, same
+timeouts), so the ratio of our figure to it shows what SQLite, the bridge and msgpack cost.
+``run_raftlog_bench()`` measures RaftLog with the real Store and StateMachine (300-byte
+message bodies). Writers run on the leader; a writer issues its next write as soon as the
+previous one is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+
+from ccn_node.replication.raft_log import ClusterSettings
+
+_SECRET = "bench-secret"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(latencies: list[float], count: int, elapsed: float) -> dict[str, float]:
+    return {
+        "ops_per_s": count / elapsed,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+# -- bare pysyncobj --------------------------------------------------------------------------------
+
+
+class _Counter(SyncObj):
+    def __init__(self, self_address: str, others: list[str], conf: SyncObjConf) -> None:
+        super().__init__(self_address, others, conf)
+        self._value = 0
+
+    @replicated
+    def incr(self) -> int:
+        self._value += 1
+        return self._value
+
+
+def _bare_conf(s: ClusterSettings) -> SyncObjConf:
+    return SyncObjConf(
+        password=s.secret,
+        appendEntriesUseBatch=False,
+        appendEntriesPeriod=s.heartbeat_s,
+        raftMinTimeout=s.election_min_s,
+        raftMaxTimeout=s.election_max_s,
+        leaderFallbackTimeout=s.leader_fallback_s or s.election_min_s,
+        connectionTimeout=s.connection_timeout_s,
+        connectionRetryTime=s.connect_retry_s,
+        commandsQueueSize=s.commands_queue_size,
+        commandsWaitLeader=False,
+        bindAddress=s.self_address,
+    )
+
+
+def _bare_load(counter: _Counter, writers: int, duration: float) -> dict[str, float]:
+    """Callback chains on the tick thread: ``writers`` increments always in flight."""
+    latencies: list[float] = []
+    state = {"count": 0, "running": writers}
+    end = time.perf_counter() + duration
+    done_event = threading.Event()
+
+    def issue() -> None:
+        counter.incr(callback=functools.partial(done, time.perf_counter()))
+
+    def done(t0: float, result: Any, error: int) -> None:
+        now = time.perf_counter()
+        if error == 0:
+            state["count"] += 1
+            latencies.append(now - t0)
+        if now < end:
+            issue()
+        else:
+            state["running"] -= 1
+            if state["running"] == 0:
+                done_event.set()
+
+    start = time.perf_counter()
+    for _ in range(writers):
+        issue()
+    done_event.wait(duration + 10)
+    return _summary(latencies, state["count"], time.perf_counter() - start)
+
+
+def _bare_node(settings: ClusterSettings, conn: Connection) -> None:
+    counter = _Counter(settings.self_address, settings.others(), _bare_conf(settings))
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "leader":
+            conn.send(counter._isLeader())
+        elif cmd == "run":
+            conn.send(_bare_load(counter, *arg))
+        elif cmd == "stop":
+            counter.destroy()
+            conn.send(None)
+            return
+
+
+# -- RaftLog --------------------------------------------------------------------------------------------
+
+
+def _raftlog_node(settings: ClusterSettings, conn: Connection) -> None:
+    asyncio.run(_raftlog_node_async(settings, conn))
+
+
+async def _raftlog_node_async(settings: ClusterSettings, conn: Connection) -> None:
+    from ccn_node.replication import commands as c
+    from ccn_node.replication.raft_log import RaftLog
+    from ccn_node.replication.state_machine import StateMachine
+    from ccn_node.store.database import Store
+
+    store = Store(os.path.join(settings.data_dir, "ccn.sqlite3"), synchronous="normal")
+    raft = RaftLog(StateMachine(store.writer), settings)  # type: ignore[arg-type]
+    await raft.start()
+    loop = asyncio.get_running_loop()
+    stamp = "2025-01-01T00:00:00.000000Z"
+    body = "x" * 300
+    seq = iter(range(10**9))
+
+    async def write() -> None:
+        n = next(seq)
+        cmd = c.AppendMessage(
+            request_id=f"{settings.self_address}-{n}",
+            message_id=f"{settings.self_address}-{n}",
+            session_id="bench",
+            user_id="bench",
+            role="user",
+            content=body,
+            created_at=stamp,
+            tokens=75,
+        )
+        result = await raft.propose(c.encode(cmd), cmd.request_id, timeout=30)
+        if not result.ok:
+            raise RuntimeError(result.error_message)
+
+    async def load(writers: int, duration: float) -> dict[str, float]:
+        latencies: list[float] = []
+        count = 0
+        end = time.perf_counter() + duration
+
+        async def one() -> None:
+            nonlocal count
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                await write()
+                latencies.append(time.perf_counter() - t0)
+                count += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(writers)))
+        return _summary(latencies, count, time.perf_counter() - start)
+
+    while True:
+        cmd, arg = await loop.run_in_executor(None, conn.recv)
+        if cmd == "leader":
+            conn.send(raft.is_leader())
+        elif cmd == "setup":
+            user = c.CreateUser(request_id="bench-user", user_id="bench", name="bench", role="user", created_at=stamp)
+            conv = c.StartConversation(
+                request_id="bench-conv",
+                session_id="bench",
+                user_id="bench",
+                title="bench",
+                created_at=stamp,
+                plate_version="v1",
+                plate_sha256="0" * 64,
+            )
+            for command in (user, conv):
+                await raft.propose(c.encode(command), command.request_id, timeout=10)
+            conn.send(None)
+        elif cmd == "run":
+            conn.send(await load(*arg))
+        elif cmd == "stop":
+            await raft.stop()
+            store.close()
+            conn.send(None)
+            return
+
+
+# -- driver -----------------------------------------------------------------------------------------------
+
+
+def _cluster(target: Any, base: dict[str, Any], writer_counts: list[int], duration: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ports = _free_ports(3)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    with tempfile.TemporaryDirectory(prefix="ccn-bench-raft-") as tmp:
+        pipes, procs = [], []
+        for i, address in enumerate(addresses):
+            settings = ClusterSettings(
+                self_address=address,
+                peers=addresses,
+                secret=_SECRET,
+                data_dir=os.path.join(tmp, f"n{i}"),
+                compaction_min_entries=10**7,
+                **base,
+            )
+            os.makedirs(settings.data_dir, exist_ok=True)
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=target, args=(settings, child), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        try:
+            leader = None
+            deadline = time.monotonic() + 20
+            while leader is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                for i, pipe in enumerate(pipes):
+                    pipe.send(("leader", None))
+                    if pipe.recv():
+                        leader = i
+            if leader is None:
+                raise RuntimeError("no leader elected")
+            if target is _raftlog_node:
+                pipes[leader].send(("setup", None))
+                pipes[leader].recv()
+            results: dict[str, Any] = {}
+            pipes[leader].send(("run", (1, min(1.0, duration))))  # warm-up
+            pipes[leader].recv()
+            for writers in writer_counts:
+                pipes[leader].send(("run", (writers, duration)))
+                results[f"writers_{writers}"] = pipes[leader].recv()
+            return results
+        finally:
+            for pipe in pipes:
+                try:
+                    pipe.send(("stop", None))
+                    pipe.recv()
+                except (OSError, EOFError):
+                    pass
+            for proc in procs:
+                proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+
+
+def run_cluster_ceiling_bench(duration: float = 3.0, writer_counts: tuple[int, ...] = (1, 256)) -> dict[str, Any]:
+    """Bare pysyncobj (in-memory counter), same network settings as RaftLog, 3 processes."""
+    return _cluster(_bare_node, {}, list(writer_counts), duration)
+
+
+def run_raftlog_bench(
+    duration: float = 3.0, writer_counts: tuple[int, ...] = (1, 256), durability: str = "fsync"
+) -> dict[str, Any]:
+    """RaftLog + real Store/StateMachine on 3 processes, 300-byte AppendMessage commands."""
+    return _cluster(_raftlog_node, {"durability": durability}, list(writer_counts), duration)
+
+
+def main() -> None:
+    """Print both benchmarks and our figure as a ratio of the ceiling."""
+    ceiling = run_cluster_ceiling_bench()
+    print(f"cpu cores: {os.cpu_count()} (shared)")
+    for name, figures in ceiling.items():
+        print(
+            f"bare pysyncobj {name}: {figures['ops_per_s']:.0f} ops/s, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+        )
+    for durability in ("fast", "fsync"):
+        ours = run_raftlog_bench(durability=durability)
+        for name, figures in ours.items():
+            ratio = figures["ops_per_s"] / ceiling[name]["ops_per_s"] if name in ceiling else float("nan")
+            print(
+                f"RaftLog {durability} {name}: {figures['ops_per_s']:.0f} msg/s ({ratio:.0%} of ceiling),"
+                f" p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
