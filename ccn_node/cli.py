@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import base64
 import json
-import logging
 import os
 import secrets
 import sys
@@ -114,11 +113,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-        stream=sys.stderr,
-    )
+    from ccn_node.monitoring import setup_json_logging
+
+    setup_json_logging(level, sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -7,9 +7,11 @@ against the directory of the config file, so a data directory can be moved as a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +80,17 @@ class AuthSettings(_Section):
     jwt_algorithm: Literal["HS256"] = "HS256"
     token_ttl_s: int = 30 * 24 * 3600
     issuer: str = "ccn-node"
+    # Key rotation: tokens signed with these older keys stay valid for previous_key_grace_s after
+    # the rotation (the modification time of jwt_key_file); SIGHUP re-reads all key files.
+    previous_key_files: list[str] = []
+    previous_key_grace_s: float = 7 * 24 * 3600.0
+
+
+class TlsSettings(_Section):
+    """HTTPS for the API: both files or neither; SIGHUP reloads them without closing the listener."""
+
+    cert_file: str = ""  # PEM certificate chain
+    key_file: str = ""   # PEM private key, mode 0600 (checked like every secret file)
 
 
 class LimitSettings(_Section):
@@ -105,6 +118,26 @@ class LedgerSettings(_Section):
     block_seconds: float = 10.0
 
 
+class BackupSettings(_Section):
+    """Online backups (store/backup.py): every interval_s, keep the newest ``keep`` verified ones."""
+
+    enabled: bool = True
+    interval_s: float = 6 * 3600.0
+    keep: int = 4
+    dir: str = "backups"
+    key_file: str = ""  # 32-byte key (raw, hex or base64), mode 0600; empty = backups are not encrypted
+    step_pages: int = 1024  # pages copied per backup step; a pause follows each step
+    step_pause_ms: float = 1.0
+
+
+class RetentionSettings(_Section):
+    """How long message content is kept (continuity/retention.py); per-user overrides are commands."""
+
+    default_days: int = 90
+    sweep_interval_s: float = 3600.0
+    enabled: bool = True
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
@@ -112,9 +145,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     context: ContextSettings = msgspec.field(default_factory=ContextSettings)
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     continuity: ContinuitySettings = msgspec.field(default_factory=ContinuitySettings)
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+    backup: BackupSettings = msgspec.field(default_factory=BackupSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
 
     # Set by load_config, not read from the file.
     source: str = ""
@@ -178,10 +214,24 @@ def _check(cfg: Config, file: str) -> None:
         "continuity.validation_attempts": cfg.continuity.validation_attempts,
         "ledger.block_entries": cfg.ledger.block_entries,
         "ledger.block_seconds": cfg.ledger.block_seconds,
+        "backup.interval_s": cfg.backup.interval_s,
+        "backup.keep": cfg.backup.keep,
+        "backup.step_pages": cfg.backup.step_pages,
+        "retention.default_days": cfg.retention.default_days,
+        "retention.sweep_interval_s": cfg.retention.sweep_interval_s,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(file, key, f"must be greater than 0, got {value}")
+    if cfg.backup.step_pause_ms < 0:
+        raise ConfigError(file, "backup.step_pause_ms", "must be 0 or more")
+    if not cfg.backup.dir.strip():
+        raise ConfigError(file, "backup.dir", "must not be empty")
+    if cfg.auth.previous_key_grace_s < 0:
+        raise ConfigError(file, "auth.previous_key_grace_s", "must be 0 or more")
+    if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
+        missing = "tls.key_file" if cfg.tls.cert_file else "tls.cert_file"
+        raise ConfigError(file, missing, "tls.cert_file and tls.key_file are set together or not at all")
     if cfg.context.recent_turns < 0:
         raise ConfigError(file, "context.recent_turns", "must be 0 or more")
     if cfg.model.max_retries < 0:
@@ -277,9 +327,33 @@ def jwt_secret(cfg: Config) -> bytes:
     else:
         key = read_secret_file(cfg.path(cfg.auth.jwt_key_file), file=cfg.source, key="auth.jwt_key_file").strip()
         where = "auth.jwt_key_file"
-    if len(key) < MIN_JWT_KEY_BYTES or key in (b"secret", b"changeme", b"change-me"):
-        raise ConfigError(cfg.source, where, f"the JWT key must be at least {MIN_JWT_KEY_BYTES} random bytes")
+    _check_jwt_key(key, cfg.source, where)
     return key
+
+
+def _check_jwt_key(key: bytes, file: str, where: str) -> None:
+    """Refuse empty, short, placeholder or low-entropy keys: any of them makes every token forgeable."""
+    if len(key) < MIN_JWT_KEY_BYTES or key in (b"secret", b"changeme", b"change-me") or len(set(key)) < 8:
+        raise ConfigError(file, where, f"the JWT key must be at least {MIN_JWT_KEY_BYTES} random bytes")
+
+
+def previous_jwt_secrets(cfg: Config) -> tuple[list[bytes], float]:
+    """The rotated-out JWT keys and until when (unix time) they are accepted.
+
+    The grace period runs from the rotation, taken as the modification time of the current key
+    file (or now, when the key comes from $CCN_JWT_KEY), so a restart does not extend it.
+    """
+    keys = []
+    for i, name in enumerate(cfg.auth.previous_key_files):
+        where = f"auth.previous_key_files[{i}]"
+        key = read_secret_file(cfg.path(name), file=cfg.source, key=where).strip()
+        _check_jwt_key(key, cfg.source, where)
+        keys.append(key)
+    rotated_at = time.time()
+    if os.environ.get("CCN_JWT_KEY") is None:
+        with contextlib.suppress(OSError):
+            rotated_at = cfg.path(cfg.auth.jwt_key_file).stat().st_mtime
+    return keys, rotated_at + cfg.auth.previous_key_grace_s
 
 
 def model_api_key(cfg: Config) -> str:

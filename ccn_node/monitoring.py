@@ -8,6 +8,9 @@ raft status, ledger size) are read at scrape time through callbacks.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -15,9 +18,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# prometheus_client >= 0.22 calls its text format 1.0.0; the issue (and every Prometheus server)
+# reads 0.0.4, which is what generate_latest writes for legacy-valid names like ours.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 disable_created_metrics()  # the *_created series double the scrape and say nothing useful here
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SCORES = ("phi", "ccc", "trust", "emergence")
@@ -47,7 +52,7 @@ class _StateCollector:
 
 
 class Monitoring:
-    def __init__(self, max_conversations: int = 200) -> None:
+    def __init__(self, max_conversations: int = 1000) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.max_conversations = max_conversations
@@ -114,13 +119,45 @@ class Monitoring:
         while len(self._tracked) > self.max_conversations:
             old, _ = self._tracked.popitem(last=False)
             for gauge in (*self.scores.values(), self.drift):
-                try:
+                with contextlib.suppress(KeyError):
                     gauge.remove(old)
-                except KeyError:
-                    pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (ts, level, logger, msg, exc): parseable by journald/Loki, never
+    broken by quotes in a message. Callers never log message content or tokens (tests grep)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+# Libraries that log request bodies or headers at DEBUG (the model SDK and its HTTP stack):
+# kept at INFO even when the node runs at debug, so no level leaks message content or keys.
+QUIET_LOGGERS = ("anthropic", "openai", "httpx", "httpcore", "aiohttp.access", "hpack")
+
+
+def setup_json_logging(level: str, stream: Any = None) -> None:
+    """Configure the root logger for JSON lines in UTC on stderr (journald adds its own fields)."""
+    handler = logging.StreamHandler(stream)
+    formatter = JsonLogFormatter()
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def monotonic_age(since: float | None) -> float:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,16 +21,27 @@ from ccn_node.api.auth import TokenAuthority
 from ccn_node.api.context import ApiServices
 from ccn_node.api.ratelimit import DailyTokenBudget, RateLimiter
 from ccn_node.clock import now_iso
-from ccn_node.config import Config, ConfigError, jwt_secret, model_api_key, parse_listen
+from ccn_node.config import (
+    Config,
+    ConfigError,
+    jwt_secret,
+    model_api_key,
+    parse_listen,
+    previous_jwt_secrets,
+    read_secret_file,
+)
+from ccn_node.continuity.consensus_service import ConsensusService
 from ccn_node.continuity.context import ContextAssembler
 from ccn_node.continuity.conversation import ConversationService, TurnHooks, TurnResult
+from ccn_node.continuity.instances import InstanceManager, SpawnRecord
 from ccn_node.continuity.plate import Plate, PlateError, load_plate
+from ccn_node.ledger.ledger import Ledger, load_signer
 from ccn_node.ledger.schema import ledger_schema_sql
-from ccn_node.ledger.tree_store import MerkleTree
 from ccn_node.llm.base import ModelBackend
 from ccn_node.llm.factory import ModelSettings, make_backend
 from ccn_node.monitoring import Monitoring
 from ccn_node.replication import commands as c
+from ccn_node.replication.block_sealer import BlockSealer
 from ccn_node.replication.local_log import LocalLog
 from ccn_node.replication.log import CommandLog
 from ccn_node.replication.proposer import Proposer
@@ -36,6 +49,8 @@ from ccn_node.replication.state_machine import StateMachine
 from ccn_node.sd_notify import notify, watchdog_interval
 from ccn_node.store import queries
 from ccn_node.store.database import Store, StoreError
+from ccn_node.tls import reload as reload_tls
+from ccn_node.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +100,19 @@ class Node:
             )
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        self.tree = MerkleTree(self.store.writer)
-        self.state_machine = StateMachine(self.store.writer, ledger=self.tree)
+        key_file = cfg.path(cfg.ledger.key_file)
+        try:
+            signer = load_signer(cfg.node.name, read_secret_file(key_file, file=cfg.source, key="ledger.key_file"))
+        except ValueError as exc:
+            raise ConfigError(cfg.source, "ledger.key_file", f"cannot load the ledger key {key_file}: {exc}") from None
+        self.ledger = Ledger(self.store.writer, signer)
+        self.tree = self.ledger.tree
+        self.state_machine = StateMachine(self.store.writer, ledger=self.ledger)
         self.log: CommandLog = LocalLog(self.state_machine)
         self.proposer = Proposer(self.log, cfg.limits.propose_timeout_s)
+        self.sealer = BlockSealer(self.store, self.proposer, every_entries=cfg.ledger.block_entries,
+                                  every_seconds=cfg.ledger.block_seconds)
+        self.log.add_leadership_listener(self.sealer.on_leadership)
         try:
             self.backend: ModelBackend = make_backend(model_settings(cfg))
         except ValueError as exc:
@@ -96,7 +120,15 @@ class Node:
         self.monitoring = Monitoring()
         self.limiter = RateLimiter(cfg.limits.requests_per_minute, cfg.limits.burst)
         self.token_budget = DailyTokenBudget(cfg.limits.model_tokens_per_day)
-        self.tokens = TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=cfg.auth.token_ttl_s)
+        previous_keys, previous_until = previous_jwt_secrets(cfg)
+        self.tokens = TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=cfg.auth.token_ttl_s,
+                                     previous_keys=previous_keys, previous_until=previous_until)
+        self.ssl_context: ssl.SSLContext | None = server_context(cfg)
+        # Hooks for the subsystems that own these figures (metrics and dashboard read them at
+        # scrape time): seconds since the last verified backup (None = none yet), and the
+        # witness view of the ledger, e.g. {"witnesses": n, "cosigned_size": s, "fork_detected": 0|1}.
+        self.backup_age_s: Callable[[], float | None] = lambda: None
+        self.witness_status: Callable[[], dict[str, float]] = lambda: {}
         self.conversations = ConversationService(
             store=self.store,
             proposer=self.proposer,
@@ -109,6 +141,30 @@ class Node:
             token_budget=self.token_budget,
             hooks=TurnHooks(on_turn=self._on_turn),
         )
+        self.instances = InstanceManager(
+            store=self.store,
+            proposer=self.proposer,
+            backend=self.backend,
+            plate=self.plate,
+            assembler=self.conversations.assembler,
+            settings=cfg.continuity,
+            node_id=cfg.node.name,
+            state_loader=self.conversations.context_state,
+            max_output_tokens=cfg.model.max_tokens,
+            validation_timeout_s=cfg.model.timeout_s,
+            on_spawn=self._on_spawn,
+        )
+        self.conversations.hooks.instance_for = self.instances.instance_for
+        self.state_machine.add_commit_listener(self.instances.on_commit)
+        self.consensus = ConsensusService(
+            store=self.store,
+            proposer=self.proposer,
+            log=self.log,
+            settings=cfg.continuity,
+            node_id=cfg.node.name,
+            on_round=self._on_round,
+        )
+        self.log.add_leadership_listener(self.consensus.on_leadership)
         self._register_state_gauges()
         self.app = create_app(
             ApiServices(
@@ -121,6 +177,7 @@ class Node:
                 token_budget=self.token_budget,
                 monitoring=self.monitoring,
                 readiness=self.readiness,
+                extra={"instances": self.instances, "consensus": self.consensus, "ops": self.ops_status},
             )
         )
 
@@ -128,14 +185,16 @@ class Node:
 
     async def start(self) -> None:
         self.started_at = time.time()
+        self.sealer.bind(asyncio.get_running_loop())
         await self.log.start()
         await self._record_plate()
+        self.instances.start()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await self._site.start()
         if self.port == 0:
-            server = self._site._server  # noqa: SLF001 - the only way to read the bound port
+            server = self._site._server  # private: the only way to read the bound port
             if server is not None and server.sockets:
                 self.port = server.sockets[0].getsockname()[1]
         interval = watchdog_interval()
@@ -143,7 +202,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
         self.ready_at = time.time()
         notify("READY=1\nSTATUS=serving")
-        log.info("node %s serving on http://%s:%d", self.cfg.node.name, self.host, self.port)
+        log.info("node %s serving on %s", self.cfg.node.name, self.url)
 
     async def stop(self) -> None:
         """Graceful stop: refuse new work, let running turns finish (bounded), flush, close."""
@@ -153,8 +212,11 @@ class Node:
         notify("STOPPING=1")
         for task in self._tasks:
             task.cancel()
+        await self.sealer.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.consensus.stop()
+        await self.instances.stop()
         await self.log.stop()
         await self.backend.aclose()
         self.store.close()
@@ -183,7 +245,24 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the JWT keys (rotation) and the TLS pair (renewal) without closing the
+        listener. A file that fails its checks keeps the old key or certificate in use, and is logged."""
+        try:
+            previous_keys, previous_until = previous_jwt_secrets(self.cfg)
+            self.tokens.set_keys(jwt_secret(self.cfg), previous_keys, previous_until)
+            log.info("reloaded JWT keys (%d previous)", len(previous_keys))
+        except ConfigError as exc:
+            log.error("JWT keys not reloaded: %s", exc)
+        if self.ssl_context is not None:
+            try:
+                reload_tls(self.ssl_context, self.cfg)
+                log.info("reloaded TLS certificate")
+            except ConfigError as exc:
+                log.error("TLS certificate not reloaded: %s", exc)
 
     # -- observation ---------------------------------------------------------------------
 
@@ -203,7 +282,21 @@ class Node:
             "log": {"kind": status.kind, "role": status.role, "applied_index": status.applied_index},
         }
 
+    def _on_spawn(self, spawn: SpawnRecord) -> None:
+        self.monitoring.spawn_seconds.observe(spawn.seconds)
+        if spawn.tokens:
+            self.monitoring.api_tokens.labels("validation").inc(spawn.tokens)
+        if spawn.cost_usd:
+            self.monitoring.api_cost.inc(spawn.cost_usd)
+
+    def _on_round(self, result: dict[str, Any]) -> None:
+        self.monitoring.consensus_rounds.inc()
+        self.monitoring.consensus_latency.observe(result["latency_ms"] / 1000)
+        if result["outliers"]:
+            self.monitoring.outliers.inc(len(result["outliers"]))
+
     def _on_turn(self, user_id: str, result: TurnResult) -> None:
+        self.instances.touch(result.session_id)
         self.monitoring.observe_turn(result.session_id, result.usage, result.cost_usd, result.metrics,
                                      result.latency_ms / 1000)
 
@@ -216,16 +309,57 @@ class Node:
         self.monitoring.add_state("ccn_ledger_size", "Entries in the Merkle log", lambda: {"": float(self.tree.size())})
         self.monitoring.add_state("ccn_applied_index", "Last command log index applied on this node",
                                   lambda: {"": float(self.state_machine.applied_index)})
+        self.monitoring.add_state("ccn_active_instances", "Instances with status active (all nodes)",
+                                  lambda: {"": float(self.store.read_sync(queries.count_active_instances))})
+        self.monitoring.add_state("ccn_raft_role", "Command log role of this node (1 = current)",
+                                  lambda: _one_hot(self.log.status().role, ("leader", "follower", "candidate")))
+        self.monitoring.add_state("ccn_raft_term", "Raft term (0 on a single node)",
+                                  lambda: {"": float(self.log.status().term)})
+        self.monitoring.add_state("ccn_raft_commit_index", "Highest command log index known committed",
+                                  lambda: {"": float(self.log.status().commit_index)})
+        self.monitoring.add_state("ccn_raft_peers_connected", "Peers this node is connected to",
+                                  lambda: {"": float(sum(p.connected for p in self.log.status().peers))})
+        self.monitoring.add_state("ccn_witness_status", "Witness view of the ledger (node.witness_status hook)",
+                                  lambda: {k: float(v) for k, v in
+                                           ({"witnesses": 0.0, "fork_detected": 0.0} | self.witness_status()).items()})
+        self.monitoring.add_state("ccn_backup_age_seconds", "Seconds since the last verified backup; -1 = none",
+                                  lambda: {"": _or_minus_one(self.backup_age_s())})
+
+    def ops_status(self) -> dict[str, Any]:
+        """Cluster, ledger, witness and backup state for the dashboard (no message content)."""
+        status = self.log.status()
+        return {
+            "node": self.cfg.node.name,
+            "uptime_s": time.time() - (self.started_at or time.time()),
+            "cluster": {
+                "kind": status.kind, "role": status.role, "term": status.term, "leader": status.leader,
+                "self": status.self_address, "commit_index": status.commit_index,
+                "applied_index": status.applied_index, "has_quorum": status.has_quorum,
+                "peers": [{"address": p.address, "connected": p.connected, "lag": p.lag} for p in status.peers],
+            },
+            "ledger": {"size": self.tree.size(),
+                       "witness": {"witnesses": 0, "fork_detected": 0} | self.witness_status()},
+            "backup_age_s": self.backup_age_s(),
+        }
+
+
+def _one_hot(value: str, choices: tuple[str, ...]) -> dict[str, float]:
+    return {choice: float(choice == value) for choice in choices}
+
+
+def _or_minus_one(value: float | None) -> float:
+    return -1.0 if value is None else float(value)
 
 
 async def run_until_signalled(node: Node) -> None:
-    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    """Serve until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads keys and certificate."""
     import signal
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload)
     await node.start()
     try:
         await stop.wait()

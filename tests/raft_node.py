@@ -22,11 +22,11 @@ from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ccn_node.replication import commands as c  # noqa: E402
-from ccn_node.replication.log import CommandLogError  # noqa: E402
-from ccn_node.replication.raft_log import ClusterSettings, RaftLog  # noqa: E402
-from ccn_node.replication.state_machine import StateMachine  # noqa: E402
-from ccn_node.store.database import Store  # noqa: E402
+from ccn_node.replication import commands as c
+from ccn_node.replication.log import CommandLogError
+from ccn_node.replication.raft_log import ClusterSettings, RaftLog
+from ccn_node.replication.state_machine import StateMachine
+from ccn_node.store.database import Store
 
 BODY = "x" * 300
 USER = "u-raft-test"

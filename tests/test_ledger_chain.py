@@ -297,3 +297,14 @@ def test_rollback_of_seal_leaves_no_state(ledger: Ledger) -> None:
         ledger.tree.append(b"y", "message", "my")
         ledger.seal(6)
     assert ledger.audit().ok
+
+
+def test_values_of_the_wrong_type_are_named(ledger: Ledger) -> None:
+    ledger.conn.execute("UPDATE ledger_leaves SET leaf_bytes = 'text' WHERE idx = 12")
+    p = _problem(ledger)
+    assert (p.table, p.row) == ("ledger_leaves", "12") and "not a blob" in p.message
+    ledger.conn.execute("UPDATE ledger_leaves SET leaf_bytes = ? WHERE idx = 12", (b"leaf 12",))
+    assert ledger.audit().ok
+    ledger.conn.execute("UPDATE ledger_nodes SET hash = 'x' WHERE level = 4 AND idx = 1")
+    p = _problem(ledger)
+    assert (p.table, p.row) == ("ledger_nodes", "level=4,idx=1") and "not a blob" in p.message

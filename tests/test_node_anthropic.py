@@ -26,6 +26,8 @@ backend = "anthropic"
 base_url = "{fake.base_url}"
 max_retries = 2
 timeout_s = 10
+[continuity]
+validation = "never"
 [limits]
 requests_per_minute = 100000
 burst = 10000

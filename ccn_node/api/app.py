@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from ccn_node.api import routes_conversation, routes_search, routes_system, ws
+from ccn_node.api import routes_admin, routes_conversation, routes_metrics, routes_search, routes_system, ws
 from ccn_node.api.context import SERVICES, ApiServices, Handler, add_ratelimit_headers
 from ccn_node.api.errors import error_middleware
 
@@ -37,7 +37,8 @@ def create_app(services: ApiServices, *extra_routes: web.RouteTableDef) -> web.A
         client_max_size=services.config.limits.max_body_bytes,
     )
     app[SERVICES] = services
-    for table in (routes_system.routes, routes_conversation.routes, routes_search.routes, ws.routes, *extra_routes):
+    for table in (routes_system.routes, routes_conversation.routes, routes_search.routes, ws.routes,
+                  routes_admin.routes, routes_metrics.routes, *extra_routes):
         app.add_routes(table)
     app.on_response_prepare.append(add_ratelimit_headers)
     return app

@@ -44,11 +44,30 @@ class TokenAuthority:
 
     algorithm = "HS256"
 
-    def __init__(self, key: bytes, *, issuer: str, ttl_s: int, previous_keys: list[bytes] | None = None) -> None:
-        self._key = key
-        self._previous = list(previous_keys or [])
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        issuer: str,
+        ttl_s: int,
+        previous_keys: list[bytes] | None = None,
+        previous_until: float | None = None,
+    ) -> None:
         self.issuer = issuer
         self.ttl_s = ttl_s
+        self.set_keys(key, previous_keys or [], previous_until)
+
+    def set_keys(self, key: bytes, previous_keys: list[bytes], previous_until: float | None = None) -> None:
+        """Rotate: sign with ``key`` from now on; accept ``previous_keys`` until ``previous_until``
+        (unix time; None = no end), so tokens already handed out keep working for a grace period."""
+        self._key = key
+        self._previous = list(previous_keys)
+        self._previous_until = previous_until
+
+    def _verification_keys(self) -> list[bytes]:
+        if self._previous and (self._previous_until is None or time.time() < self._previous_until):
+            return [self._key, *self._previous]
+        return [self._key]
 
     def issue(self, user: str, role: str = "user", ttl_s: int | None = None) -> str:
         if not valid_user_name(user):
@@ -72,7 +91,7 @@ class TokenAuthority:
         if len(token) > 4096:
             raise AuthError("token too long")
         last: Exception | None = None
-        for key in [self._key, *self._previous]:
+        for key in self._verification_keys():
             try:
                 claims = jwt.decode(
                     token,

@@ -26,7 +26,7 @@ __all__ = ["AssembledContext", "ContextAssembler", "DEFAULT_SHARES", "tokens_of"
 # Section shares of the total budget when the plate gives no hint.
 DEFAULT_SHARES = {"state": 0.05, "recent": 0.45, "relevant": 0.35}
 
-RELEVANT_HEADER = "Relevant earlier turns from this user's conversations (oldest first):"
+RELEVANT_HEADER = "Relevant earlier turns, by date:"
 STATE_HEADER = "Current measured state (0 = low, 1 = high):"
 
 
@@ -212,29 +212,30 @@ def render_relevant(
             break
         line = speaker_line(turn, labels)
         cost = _line_tokens(line)
-        if turn.session_id not in sessions:
+        if _session_header(turn) not in sessions:
             cost += _line_tokens(_session_header(turn))
         if used + cost > budget:
             truncated = True
             continue
         used += cost
-        sessions.add(turn.session_id)
+        sessions.add(_session_header(turn))
         chosen.append((turn, line))
     if not chosen:
         return "", [], truncated
-    chosen.sort(key=lambda tl: (tl[0].created_at[:19], tl[0].session_id, tl[0].seq))
+    chosen.sort(key=lambda tl: (tl[0].created_at[:10], tl[0].session_id, tl[0].seq))
     lines = [RELEVANT_HEADER]
     current = None
     for turn, line in chosen:
-        if turn.session_id != current:
-            current = turn.session_id
-            lines.append(_session_header(turn))
+        if _session_header(turn) != current:
+            current = _session_header(turn)
+            lines.append(current)
         lines.append(line)
     return "\n".join(lines) + "\n", [t.message_id for t, _ in chosen], truncated
 
 
 def _session_header(turn: Turn) -> str:
-    return f"[{turn.created_at[:10]} {turn.created_at[11:16]} UTC, conversation {turn.session_id}]"
+    """One short date line per day: dates answer "when" questions; ids would only cost tokens."""
+    return f"[{turn.created_at[:10]}]"
 
 
 def _recent(conn: apsw.Connection, user_id: str, session_id: str, n: int, exclude: set[str]) -> list[Turn]:

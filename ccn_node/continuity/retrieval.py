@@ -13,6 +13,7 @@ is a condition of every SQL statement here, never a filter applied afterwards.
 
 from __future__ import annotations
 
+import heapq
 import math
 import weakref
 from collections.abc import Iterable
@@ -60,14 +61,15 @@ class RankParams(msgspec.Struct, frozen=True, kw_only=True):
     candidates: int = 300  # FTS5 candidates re-ranked
     session_weight: float = 0.6
     neighbour_weight: float = 0.35
-    neighbour_span: int = 1
+    neighbour_span: int = 2
     recency_weight: float = 0.05
-    speaker_weight: float = 0.15
+    speaker_weight: float = 0.8
     feedback_docs: int = 8  # pseudo-relevance feedback: top turns read for expansion terms
     feedback_terms: int = 10
     feedback_weight: float = 0.3
     windows: int = 60  # top turns whose neighbours are fetched
     cost_exponent: float = 0.0  # rank by score / tokens**exponent
+    session_decay: float = 1.0  # score factor for each further turn taken from one session
 
 
 class QueryTerm(msgspec.Struct, frozen=True):
@@ -366,7 +368,28 @@ def _fuse(
         score += p.recency_weight * rank_of[t.created_at[:10] + sid] / max(len(order) - 1, 1)
         # Value per token: a long turn must earn its place in a fixed budget.
         t.score = score / (len(t.content) / 4 + 8) ** p.cost_exponent
-    return sorted(by_pos.values(), key=lambda t: (-t.score, t.created_at, t.seq))[:limit]
+    ranked = sorted(by_pos.values(), key=lambda t: (-t.score, t.created_at, t.seq))
+    return _diversify(ranked, p.session_decay, limit) if p.session_decay < 1.0 else ranked[:limit]
+
+
+def _diversify(ranked: list[Turn], decay: float, limit: int) -> list[Turn]:
+    """Each further turn from one conversation counts a little less, so one busy session
+    cannot crowd out the other sessions a multi-hop question needs."""
+    heap = [(-t.score, i) for i, t in enumerate(ranked)]
+    heapq.heapify(heap)
+    taken: dict[str, int] = {}
+    out: list[Turn] = []
+    while heap and len(out) < limit:
+        neg, i = heapq.heappop(heap)
+        turn = ranked[i]
+        n = taken.get(turn.session_id, 0)
+        want = turn.score * decay**n
+        if -neg > want + 1e-12:
+            heapq.heappush(heap, (-want, i))
+            continue
+        taken[turn.session_id] = n + 1
+        out.append(turn)
+    return out
 
 
 # -- full-text search (the API endpoint) ---------------------------------------------------

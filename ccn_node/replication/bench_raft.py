@@ -283,7 +283,8 @@ def main() -> None:
     print(f"cpu cores: {os.cpu_count()} (shared)")
     for name, figures in ceiling.items():
         print(
-            f"bare pysyncobj {name}: {figures['ops_per_s']:.0f} ops/s, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+            f"bare pysyncobj {name}: {figures['ops_per_s']:.0f} ops/s,"
+            f" p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
         )
     for durability in ("fast", "fsync"):
         ours = run_raftlog_bench(durability=durability)

@@ -26,6 +26,12 @@ class Noop(Command, tag="noop"):
     """A barrier: committing it proves the proposer's view of the log is current."""
 
 
+class Batch(Command, tag="batch"):
+    """Several encoded commands in one log entry (Raft batches the proposals of one tick)."""
+
+    entries: list[bytes]
+
+
 class CreateUser(Command, tag="user.create"):
     user_id: str
     name: str
@@ -85,6 +91,10 @@ class AppendMessage(Command, tag="msg.append"):
     metrics: dict[str, float] | None = None
     instance_id: str | None = None
     kind: str = "chat"  # "chat" or "validation" (validation answers are never shown)
+    # Set only in journal entries rewritten by an erasure: the content is gone ('') and these
+    # keep the original hash and the time of the erasure, so a replay gives the same leaf.
+    content_sha256: str | None = None
+    erased_at: str | None = None
 
 
 class RegisterInstance(Command, tag="inst.register"):
@@ -123,16 +133,16 @@ class RecordConsensus(Command, tag="consensus.record"):
 
 
 class SealBlock(Command, tag="ledger.seal"):
-    """Close a block of the verification chain at a tree size fixed by the proposer."""
+    """Close the next block of the verification chain at a tree size fixed by the proposer.
+
+    Every node applies it identically: the block's hash and its Ed25519-signed checkpoint are
+    deterministic given the tree, this command and the organisation's ledger key.
+    """
 
     block_number: int
     tree_size: int
-    root_hex: str
-    previous_hash: str
-    current_hash: str
-    sealed_at: str
-    data_snapshot: dict[str, Any]
-    checkpoint: str
+    sealed_at_ms: int
+    data_snapshot: str  # canonical JSON: the character consensus summary at sealing time
 
 
 class EraseUserData(Command, tag="erase.user"):
@@ -146,6 +156,7 @@ class EraseUserData(Command, tag="erase.user"):
 
 AnyCommand = (
     Noop
+    | Batch
     | CreateUser
     | SetUserRetention
     | RecordPlate
@@ -173,6 +184,17 @@ def decode(entry: bytes) -> Command:
     return _decoder.decode(entry)
 
 
+def erased_entry(entry: bytes, erased_at: str) -> bytes | None:
+    """A journal entry with its message content removed (hash kept); None if not a message."""
+    command = decode(entry)
+    if not isinstance(command, AppendMessage) or command.erased_at is not None:
+        return None
+    scrubbed = msgspec.structs.replace(
+        command, content="", content_sha256=content_sha256(command.content), erased_at=erased_at
+    )
+    return encode(scrubbed)
+
+
 def content_sha256(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
@@ -184,7 +206,10 @@ def leaf_bytes(command: Command) -> bytes:
     proof valid: the leaf commits to the hash, and the hash stays in the row.
     """
     if isinstance(command, AppendMessage):
-        return _encoder.encode(msgspec.structs.replace(command, content="sha256:" + content_sha256(command.content)))
+        digest = command.content_sha256 or content_sha256(command.content)
+        return _encoder.encode(
+            msgspec.structs.replace(command, content="sha256:" + digest, content_sha256=None, erased_at=None)
+        )
     if isinstance(command, RecordPlate):
         return _encoder.encode(msgspec.structs.replace(command, content="sha256:" + content_sha256(command.content)))
     return _encoder.encode(command)

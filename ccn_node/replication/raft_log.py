@@ -596,6 +596,9 @@ class RaftLog:
             ready.set_exception(exc)
             return
         ready.set_result(None)
+        # pysyncobj runs tick callbacks after its Raft work and right before it blocks in
+        # poll(): COMMIT, flush and replies go out there, not after the poll has waited.
+        raft.addOnTickCallback(self._end_tick_guarded)
         wait = self.settings.tick_wait_s
         while not self._stop.is_set():
             try:
@@ -607,11 +610,6 @@ class RaftLog:
                     log.exception("raft tick failed")
                 else:
                     log.debug("tick stopped by fatal error", exc_info=exc)
-            if self._fatal is None:
-                try:
-                    self._end_tick()
-                except Exception:
-                    log.exception("raft tick bookkeeping failed")
             if self._fatal is not None:
                 self._die()
                 return
@@ -665,8 +663,16 @@ class RaftLog:
                 self._set_fatal(exc, "commit of applied entries failed")
                 raise _FatalError(str(exc)) from exc
 
+    def _end_tick_guarded(self) -> None:
+        if self._fatal is not None:
+            return
+        try:
+            self._end_tick()
+        except Exception:
+            log.exception("raft tick bookkeeping failed")
+
     def _end_tick(self) -> None:
-        """After doTick: COMMIT, flush the journal, release acks, then resolve futures."""
+        """End of a tick's work: COMMIT, flush the journal, release acks, resolve futures."""
         raft = self._raft
         assert raft is not None and self._loop is not None
         self.counters["ticks"] += 1

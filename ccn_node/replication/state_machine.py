@@ -12,6 +12,7 @@ A recovery tool can run it on its own: ``StateMachine(store.writer).apply_batch(
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ import msgspec
 
 from ccn_node.replication import commands as c
 from ccn_node.replication.log import ApplyResult
+from ccn_node.store import journal
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,17 @@ class Rejected(Exception):
         self.message = message
 
 
-class LeafSink(Protocol):
-    """Where each applied command's ledger leaf goes, inside the apply transaction."""
+class LedgerSink(Protocol):
+    """The ledger inside the apply transaction: a leaf per command, and block seals."""
 
     def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int: ...
 
     def reset_cache(self) -> None: ...
 
+    def seal(self, block_number: int, tree_size: int, timestamp_ms: int, data_snapshot: str) -> Any: ...
+
+
+_STORAGE_FAILURES = (apsw.IOError, apsw.FullError, apsw.CorruptError, apsw.CantOpenError, apsw.NotADBError)
 
 CommitListener = Callable[[list[tuple[c.Command | None, ApplyResult]]], None]
 
@@ -57,14 +63,17 @@ def _json(value: Any) -> str | None:
 class StateMachine:
     """Applies commands to the database on the writer connection, one transaction per batch."""
 
-    def __init__(self, conn: apsw.Connection, ledger: LeafSink | None = None) -> None:
+    def __init__(self, conn: apsw.Connection, ledger: LedgerSink | None = None) -> None:
         self.conn = conn
         self.ledger = ledger
         self._in_txn = False
         self._pending: list[tuple[c.Command | None, ApplyResult]] = []
         self._listeners: list[CommitListener] = []
         self._lock = threading.RLock()
-        self.applied_index = self._load_applied_index()
+        self.applied_index = 0
+        self.command_index = 0
+        self._start = (0, 0)
+        self._load_indexes()
         self._handlers: dict[type, Callable[[Any, int], dict[str, Any]]] = {
             c.Noop: self._noop,
             c.CreateUser: self._create_user,
@@ -82,9 +91,17 @@ class StateMachine:
 
     # -- transaction control -------------------------------------------------------------
 
+    def _load_meta_int(self, key: str, default: int = 0) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
+        return int(row[0][0]) if row else default
+
     def _load_applied_index(self) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
-        return int(row[0][0]) if row else 0
+        return self._load_meta_int("applied_index")
+
+    def _load_indexes(self) -> None:
+        """Log-entry index (for replay skipping) and command index (one per applied command)."""
+        self.applied_index = self._load_meta_int("applied_index")
+        self.command_index = self._load_meta_int("command_index", self.applied_index)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called after each COMMIT with the commands and outcomes it made durable."""
@@ -94,33 +111,38 @@ class StateMachine:
         """Use a new writer connection (after a snapshot restore replaced the file)."""
         with self._lock:
             self.conn = conn
-            self.applied_index = self._load_applied_index()
+            self._load_indexes()
             if self.ledger is not None:
                 self.ledger.reset_cache()
 
     def begin(self) -> None:
-        self._lock.acquire()
+        """Open the write transaction (idempotent while one is open)."""
         if self._in_txn:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
         self._in_txn = True
-        self._start_index = self.applied_index
+        self._start = (self.applied_index, self.command_index)
 
     def commit(self) -> None:
-        """Record the applied index in the same transaction as the effects, then COMMIT."""
+        """Record the indexes in the same transaction as the effects, then COMMIT."""
+        if not self._in_txn:
+            return
         try:
-            if not self._in_txn:
-                return
-            if self.applied_index != self._start_index:
+            if (self.applied_index, self.command_index) != self._start:
                 self.conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('applied_index', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (str(self.applied_index),),
+                    "INSERT INTO meta(key, value) VALUES ('applied_index', ?), ('command_index', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(self.applied_index), str(self.command_index)),
                 )
             try:
                 self.conn.execute("COMMIT")
             except apsw.Error:
-                self._abort()
+                self._rollback_open()
                 raise
             self._in_txn = False
             pending, self._pending = self._pending, []
@@ -132,40 +154,102 @@ class StateMachine:
             except Exception:  # a listener must never break the log
                 log.exception("commit listener failed")
 
-    def _abort(self) -> None:
-        """Undo an open transaction whose COMMIT failed (disk full, I/O error)."""
+    def abort(self) -> None:
+        """Roll back the open transaction (the log fail-stops, or a COMMIT failed)."""
+        if not self._in_txn:
+            return
         try:
+            self._rollback_open()
+        finally:
+            self._lock.release()
+
+    def _rollback_open(self) -> None:
+        with contextlib.suppress(apsw.Error):
             self.conn.execute("ROLLBACK")
-        except apsw.Error:
-            pass
         self._in_txn = False
         self._pending = []
-        self.applied_index = self._load_applied_index()
+        self._load_indexes()
         if self.ledger is not None:
             self.ledger.reset_cache()
 
     def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[ApplyResult]:
         """Apply entries in one transaction; the unit used by LocalLog and by recovery."""
         self.begin()
-        results = [self.apply(index, entry) for index, entry in entries]
+        results = [r for index, entry in entries for r in self.apply_entry(index, entry)]
         self.commit()
         return results
+
+    # -- snapshots (Raft) ----------------------------------------------------------------
+
+    def backup_to(self, path: str) -> None:
+        """A consistent copy of the whole database, from its own connection (applies go on)."""
+        src = apsw.Connection(self.conn.filename, flags=apsw.SQLITE_OPEN_READONLY)
+        dst = apsw.Connection(path)
+        try:
+            with dst.backup("main", src, "main") as backup:
+                while not backup.done:
+                    backup.step(1024)
+        finally:
+            dst.close()
+            src.close()
+
+    def restore_from(self, path: str) -> bool:
+        """Replace the live database by a snapshot, only if the snapshot is ahead of it."""
+        src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            rows = src.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
+            ahead = int(rows[0][0]) if rows else 0
+            if ahead <= self.applied_index:
+                return False
+            with self._lock:
+                with self.conn.backup("main", src, "main") as backup:
+                    while not backup.done:
+                        backup.step(-1)
+                self.rebind(self.conn)
+        finally:
+            src.close()
+        return True
 
     # -- one entry -----------------------------------------------------------------------
 
     def apply(self, index: int, entry: bytes) -> ApplyResult:
-        """Apply one committed entry inside the open transaction; never raises for bad input."""
+        """Apply one committed single-command entry inside the open transaction."""
+        return self.apply_entry(index, entry)[0]
+
+    def apply_entry(self, index: int, entry: bytes) -> list[ApplyResult]:
+        """Apply one committed log entry — a command or a Batch of them — in the open transaction.
+
+        Never raises for bad input: a refusal, a constraint violation or a bug in a handler
+        becomes the command's stored outcome. Only storage failures (I/O, disk full,
+        corruption) propagate, because skipping the entry would make this node diverge.
+        """
         if not self._in_txn:
             raise RuntimeError("apply() outside begin()/commit()")
         if index <= self.applied_index:
-            return ApplyResult(index=index, request_id="", ok=True, duplicate=True, value={"replayed": True})
+            return [ApplyResult(index=index, request_id="", ok=True, duplicate=True, value={"replayed": True})]
         self.applied_index = index
         try:
             command = c.decode(entry)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            result = ApplyResult(index=index, request_id="", ok=False, error_code="bad_entry", error_message=str(exc))
-            self._pending.append((None, result))
-            return result
+            return [self._bad_entry(exc)]
+        if not isinstance(command, c.Batch):
+            return [self._apply_command(command, entry)]
+        results = []
+        for sub in command.entries:
+            try:
+                results.append(self._apply_command(c.decode(sub), sub))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                results.append(self._bad_entry(exc))
+        return results
+
+    def _bad_entry(self, exc: Exception) -> ApplyResult:
+        self.command_index += 1
+        result = ApplyResult(index=self.command_index, request_id="", ok=False, error_code="bad_entry",
+                             error_message=str(exc))
+        self._pending.append((None, result))
+        return result
+
+    def _apply_command(self, command: c.Command, entry: bytes) -> ApplyResult:
         stored = self.conn.execute(
             "SELECT result FROM applied_requests WHERE request_id = ?", (command.request_id,)
         ).fetchall()
@@ -174,6 +258,8 @@ class StateMachine:
             first.duplicate = True
             self._pending.append((command, first))
             return first
+        self.command_index += 1
+        index = self.command_index
         self.conn.execute("SAVEPOINT cmd")
         try:
             value = self._handlers[type(command)](command, index)
@@ -187,15 +273,25 @@ class StateMachine:
             result = ApplyResult(
                 index=index, request_id=command.request_id, ok=False, error_code=exc.code, error_message=exc.message
             )
+        except _STORAGE_FAILURES:
+            raise
         except (apsw.ConstraintError, ValueError, TypeError) as exc:
             self._rollback_savepoint()
             result = ApplyResult(
                 index=index, request_id=command.request_id, ok=False, error_code="invalid", error_message=str(exc)
             )
+        except Exception as exc:  # a bug in a handler: deterministic on every node, so store it
+            log.exception("command %s failed to apply", type(command).__name__)
+            self._rollback_savepoint()
+            result = ApplyResult(
+                index=index, request_id=command.request_id, ok=False, error_code="internal",
+                error_message=f"{type(exc).__name__}: {exc}",
+            )
         self.conn.execute(
             "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",
             (command.request_id, index, _result_encoder.encode(result)),
         )
+        journal.record(self.conn, index, entry, _stamp(command), (result.value or {}).get("leaf_index"))
         self._pending.append((command, result))
         return result
 
@@ -309,11 +405,16 @@ class StateMachine:
             seq = conv[2] + 1
         else:
             raise Rejected("invalid", f"kind must be chat or validation, not {cmd.kind!r}")
+        digest = c.content_sha256(cmd.content)
+        if cmd.content_sha256 is not None:  # a journal entry whose content was erased later
+            if cmd.content:
+                raise Rejected("invalid", "content_sha256 is only for erased (empty) content")
+            digest = cmd.content_sha256
         self.conn.execute(
             "INSERT INTO messages(message_id, session_id, user_id, seq, role, kind, content, content_sha256,"
             " created_at, tokens, idempotency_key, reply_to, model, instance_id, manifest, usage,"
-            " character_snapshot, relational_state, metrics, log_index)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " character_snapshot, relational_state, metrics, log_index, erased_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 cmd.message_id,
                 cmd.session_id,
@@ -322,7 +423,7 @@ class StateMachine:
                 cmd.role,
                 cmd.kind,
                 cmd.content,
-                c.content_sha256(cmd.content),
+                digest,
                 cmd.created_at,
                 cmd.tokens,
                 cmd.idempotency_key,
@@ -335,6 +436,7 @@ class StateMachine:
                 _json(cmd.relational_state),
                 _json(cmd.metrics),
                 index,
+                cmd.erased_at,
             ),
         )
         if cmd.kind == "chat":
@@ -430,53 +532,49 @@ class StateMachine:
         return {"round_id": cmd.round_id}
 
     def _seal_block(self, cmd: c.SealBlock, index: int) -> dict[str, Any]:
-        last = self._one(
-            "SELECT block_number, current_hash, tree_size FROM verification_chain ORDER BY block_number DESC LIMIT 1",
-            (),
-        )
-        expected = 0 if last is None else last[0] + 1
-        if cmd.block_number != expected:
-            raise Rejected("conflict", f"block {cmd.block_number} proposed, next is {expected}")
-        if last is not None and cmd.previous_hash != last[1]:
-            raise Rejected("conflict", "previous_hash does not match the last block")
-        if last is not None and cmd.tree_size < last[2]:
-            raise Rejected("conflict", "tree size went backwards")
-        self.conn.execute(
-            "INSERT INTO verification_chain(block_number, previous_hash, current_hash, tree_size, root,"
-            " data_snapshot, timestamp, checkpoint, verified, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-            (
-                cmd.block_number,
-                cmd.previous_hash,
-                cmd.current_hash,
-                cmd.tree_size,
-                cmd.root_hex,
-                _json(cmd.data_snapshot),
-                cmd.sealed_at,
-                cmd.checkpoint,
-                index,
-            ),
-        )
-        return {"block_number": cmd.block_number}
+        if self.ledger is None:
+            raise Rejected("unavailable", "this node keeps no ledger")
+        try:
+            block = self.ledger.seal(cmd.block_number, cmd.tree_size, cmd.sealed_at_ms, cmd.data_snapshot)
+        except Exception as exc:  # SealRefused, or a key problem: a stored refusal, never a stalled log
+            raise Rejected("conflict", str(exc)) from None
+        return {"block_number": block.block_number, "tree_size": block.tree_size, "current_hash": block.current_hash}
 
     def _erase_user_data(self, cmd: c.EraseUserData, index: int) -> dict[str, Any]:
+        # "erased_at = ?": on a journal replay the messages this erasure removed arrive already
+        # erased (their journal entries were scrubbed) with this very time; count them again.
         if cmd.before is None:
             rows = self.conn.execute(
-                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ? AND erased_at IS NULL"
-                " RETURNING rowid",
-                (cmd.erased_at, cmd.user_id),
+                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ?"
+                " AND (erased_at IS NULL OR erased_at = ?) RETURNING log_index",
+                (cmd.erased_at, cmd.user_id, cmd.erased_at),
             ).fetchall()
         else:
             rows = self.conn.execute(
-                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ? AND erased_at IS NULL"
-                " AND created_at < ? RETURNING rowid",
-                (cmd.erased_at, cmd.user_id, cmd.before),
+                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ?"
+                " AND (erased_at IS NULL OR erased_at = ?) AND created_at < ? RETURNING log_index",
+                (cmd.erased_at, cmd.user_id, cmd.erased_at, cmd.before),
             ).fetchall()
+        # The journal must not keep what was erased: rewrite those entries without content.
+        journal.rewrite(self.conn, [r[0] for r in rows], lambda e: c.erased_entry(e, cmd.erased_at))
         self.conn.execute(
             "INSERT INTO erasures(user_id, erased_at, before, reason, messages_erased, log_index)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (cmd.user_id, cmd.erased_at, cmd.before, cmd.reason, len(rows), index),
         )
         return {"messages_erased": len(rows)}
+
+
+_STAMPS = ("created_at", "recorded_at", "ended_at", "spawned_at", "at", "sealed_at", "erased_at")
+
+
+def _stamp(command: c.Command) -> str | None:
+    """The proposer's timestamp of a command (for the journal's time index), if it has one."""
+    for attr in _STAMPS:
+        value = getattr(command, attr, None)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _ref(command: c.Command) -> str:

@@ -220,11 +220,14 @@ def active_instance_vectors(conn: apsw.Connection) -> dict[str, Any]:
     return {r[0]: json.loads(r[1]) for r in rows}
 
 
-def node_instances(conn: apsw.Connection, node_id: str, statuses: tuple[str, ...] = ("active", "spawning")) -> list[str]:
-    """Ids of the instances a node registered that are still in one of ``statuses``."""
+def node_instances(
+    conn: apsw.Connection, node_id: str, spawned_before: str, statuses: tuple[str, ...] = ("active", "spawning")
+) -> list[str]:
+    """Ids of the instances a node registered before a time that are still in one of ``statuses``."""
     marks = ", ".join("?" for _ in statuses)
     rows = conn.execute(
-        f"SELECT instance_id FROM instance_registry WHERE node_id = ? AND status IN ({marks})", (node_id, *statuses)
+        f"SELECT instance_id FROM instance_registry WHERE node_id = ? AND spawned_at < ? AND status IN ({marks})",
+        (node_id, spawned_before, *statuses),
     ).fetchall()
     return [r[0] for r in rows]
 

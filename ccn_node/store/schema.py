@@ -152,18 +152,7 @@ MIGRATION_1 = [
         log_index INTEGER NOT NULL
     )""",
     "CREATE INDEX consensus_log_by_time ON consensus_log(created_at)",
-    """CREATE TABLE verification_chain(
-        block_number INTEGER PRIMARY KEY,
-        previous_hash TEXT NOT NULL,
-        current_hash TEXT NOT NULL,
-        tree_size INTEGER NOT NULL,
-        root TEXT NOT NULL,
-        data_snapshot TEXT NOT NULL CHECK (json_valid(data_snapshot)),
-        timestamp TEXT NOT NULL,
-        checkpoint TEXT NOT NULL,
-        verified INTEGER NOT NULL DEFAULT 1,
-        log_index INTEGER NOT NULL
-    )""",
+    # verification_chain (the specification's block table) is owned by ccn_node/ledger/schema.py.
     """CREATE TABLE erasures(
         id INTEGER PRIMARY KEY,
         user_id TEXT NOT NULL,
@@ -175,7 +164,20 @@ MIGRATION_1 = [
     )""",
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1]
+MIGRATION_2 = [
+    # Every applied command, as committed, for point-in-time restore (store/DESIGN.md). Written by
+    # the state machine in the apply transaction. ``at`` is the command's own timestamp (fixed by
+    # the proposer, so identical on every node), ``leaf_index`` the ledger leaf it produced. Erasure
+    # rewrites the AppendMessage entries of the erased messages with their content removed.
+    """CREATE TABLE command_journal(
+        log_index INTEGER PRIMARY KEY,
+        at TEXT,
+        leaf_index INTEGER,
+        entry BLOB NOT NULL
+    )""",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,115 @@
+"""The leader's duty of sealing ledger blocks: every ``block_entries`` new leaves or every
+``block_seconds``, whichever comes first, propose a ``SealBlock`` through the command log.
+
+Only the leader runs it (it starts and stops with leadership). The proposer fixes the block
+number, the tree size and the timestamp; two racing seals for one number cannot both apply —
+the second is refused by the state machine as stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import apsw
+
+from ccn_node.clock import new_id
+from ccn_node.ledger.chain import canonical_json, last_block
+from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.replication import commands as c
+from ccn_node.replication.log import CommandLogError
+from ccn_node.replication.proposer import CommandRejected, Proposer
+from ccn_node.store.database import Store
+
+log = logging.getLogger(__name__)
+
+
+def _seal_inputs(conn: apsw.Connection) -> tuple[int, int, str]:
+    """(next block number, size the last block sealed, the consensus summary as canonical JSON)."""
+    block = last_block(conn)
+    size = MerkleTree(conn).size()
+    rows = conn.execute(
+        "SELECT round_id, created_at, instance_count, consensus_vector, outliers FROM consensus_log"
+        " ORDER BY created_at DESC LIMIT 1"
+    ).fetchall()
+    summary: dict[str, Any] = {"ledger_size": size}
+    if rows:
+        round_id, created_at, count, vector, outliers = rows[0]
+        summary["consensus"] = {"round_id": round_id, "at": created_at, "instances": count,
+                                "vector": json.loads(vector), "outliers": json.loads(outliers)}
+    return (1 if block is None else block.block_number + 1, 0 if block is None else block.tree_size,
+            canonical_json(summary))
+
+
+class BlockSealer:
+    def __init__(self, store: Store, proposer: Proposer, *, every_entries: int, every_seconds: float) -> None:
+        self.store = store
+        self.proposer = proposer
+        self.every_entries = every_entries
+        self.every_seconds = every_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.sealed = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop to run on; leadership changes may arrive on other threads."""
+        self._loop = loop
+
+    def on_leadership(self, leader: bool) -> None:
+        """Leadership listener: may be called from another thread (pysyncobj)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start if leader else self._stop)
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def seal_now(self) -> dict[str, Any] | None:
+        """Seal if the ledger grew since the last block; returns the applied outcome or None."""
+        number, sealed_size, snapshot = await self.store.read(_seal_inputs)
+        size = await self.store.read(lambda conn: MerkleTree(conn).size())
+        if size <= sealed_size:
+            return None
+        cmd = c.SealBlock(request_id=new_id("r"), block_number=number, tree_size=size,
+                          sealed_at_ms=int(time.time() * 1000), data_snapshot=snapshot)
+        try:
+            value = await self.proposer.submit(cmd)
+        except CommandRejected as exc:
+            log.info("seal of block %d refused: %s", number, exc)
+            return None
+        self.sealed += 1
+        return value
+
+    async def _run(self) -> None:
+        last_seal = time.monotonic()
+        while True:
+            await asyncio.sleep(min(0.5, self.every_seconds))
+            try:
+                number, sealed_size, _ = await self.store.read(_seal_inputs)
+                size = await self.store.read(lambda conn: MerkleTree(conn).size())
+                due = size - sealed_size >= self.every_entries or (
+                    size > sealed_size and time.monotonic() - last_seal >= self.every_seconds
+                )
+                if due:
+                    await self.seal_now()
+                    last_seal = time.monotonic()
+            except CommandLogError as exc:
+                log.warning("block sealing postponed: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("block sealing failed")
