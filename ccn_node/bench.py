@@ -245,9 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         return run_ledger_bench()
     if what == "continuity":
-        from ccn_node.continuity.bench_character import run_continuity_bench
+        from ccn_node.continuity.bench_spawn import run_all
 
-        return run_continuity_bench()
+        return run_all()
     raise SystemExit(f"unknown benchmark {what}")
 
 

@@ -221,6 +221,136 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return asyncio.run(run_chat(url, token, session_id=args.session, title=args.title))
 
 
+# -- backup, restore, user (store/backup.py, replication/recovery.py) -----------------
+
+
+def _ledger_verifiers(cfg: Config) -> list[Any]:
+    from ccn_node.config import read_secret_file
+    from ccn_node.ledger.ledger import load_signer
+
+    pem = read_secret_file(cfg.path(cfg.ledger.key_file), file=cfg.source, key="ledger.key_file")
+    try:
+        return [load_signer(cfg.node.name, pem).verifier()]
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "ledger.key_file", str(exc)) from None
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Works while the node runs: it only reads the database (its own read transaction)."""
+    from dataclasses import asdict
+
+    from ccn_node.store.backup import BackupError, backup_key, create_backup
+
+    cfg = load_config(args.config)
+    try:
+        info = create_backup(
+            cfg.database_path, cfg.path(cfg.backup.dir), key=backup_key(cfg, args.key_file), keep=cfg.backup.keep,
+            verifiers=_ledger_verifiers(cfg), node_name=cfg.node.name,
+            output=Path(args.output).resolve() if args.output else None,
+            step_pages=cfg.backup.step_pages, pause_s=cfg.backup.step_pause_ms / 1000,
+        )
+    except BackupError as exc:
+        _print_err(f"backup failed: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(asdict(info), indent=2))
+    else:
+        print(f"{info.file}: index {info.applied_index}, ledger size {info.ledger_size}, {info.bytes} bytes,"
+              f" {'encrypted' if info.encrypted else 'not encrypted'}; {info.audit}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Into a stopped node only: the node's lock file and its listen port are both checked."""
+    from ccn_node.replication.recovery import Target, point_in_time
+    from ccn_node.store.backup import (
+        BackupError,
+        DatabaseLock,
+        backup_key,
+        install_database,
+        list_backups,
+        listener_running,
+        open_candidate,
+    )
+
+    cfg = load_config(args.config)
+    db = cfg.database_path
+    lock = DatabaseLock(db)
+    try:
+        lock.acquire()
+    except BackupError as exc:
+        _print_err(f"restore refused: {exc}")
+        return 1
+    try:
+        host, port = parse_listen(cfg.node.listen, file=cfg.source, key="node.listen")
+        if listener_running(host, port):
+            _print_err(f"restore refused: something is listening on {cfg.node.listen}; stop the node first")
+            return 1
+        key = backup_key(cfg, args.key_file)
+        verifiers = _ledger_verifiers(cfg)
+        source = Path(args.file).resolve()
+        if args.at_size is None and args.at_time is None:
+            candidate, check = open_candidate(source, db.parent, key=key, verifiers=verifiers)
+            what = f"index {check.applied_index}, ledger size {check.ledger_size}" if check else ""
+        else:
+            target = Target(size=args.at_size, at=args.at_time)
+            plain, _ = open_candidate(source, db.parent, key=key, verifiers=verifiers)
+            try:
+                candidate, report = point_in_time(plain, target, db.parent, bases=list_backups(
+                    cfg.path(cfg.backup.dir)), key=key, verifiers=verifiers)
+            finally:
+                plain.unlink(missing_ok=True)
+            what = (f"{report.target}: log index {report.log_index}, ledger size {report.ledger_size},"
+                    f" from {report.base} + {report.replayed} journal entries")
+        kept = install_database(candidate, db)
+    except BackupError as exc:
+        _print_err(f"restore refused: {exc}")
+        return 1
+    finally:
+        lock.release()
+    print(f"restored {db} ({what})" + (f"; the previous database is kept as {kept}" if kept else ""))
+    return 0
+
+
+def _admin_call(cfg: Config, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    import http.client
+
+    host, port = parse_listen(cfg.node.listen, file=cfg.source, key="node.listen")
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    headers = {"Authorization": f"Bearer {_issue_token(cfg, 'admin', 'admin', 300)}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    except OSError as exc:
+        raise ConfigError(cfg.source, "node.listen", f"cannot reach the node at {cfg.node.listen}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """Erasure and retention are commands: they go through the running node (and its log)."""
+    from urllib.parse import quote
+
+    cfg = load_config(args.config)
+    name = quote(args.name, safe="")
+    if args.user_command == "retention":
+        if args.days != "default" and not args.days.isdigit():
+            _print_err("DAYS must be a whole number of days or 'default'")
+            return EXIT_USAGE
+        days = None if args.days == "default" else int(args.days)
+        status, body = _admin_call(cfg, "PUT", f"/api/v1/users/{name}/retention", {"days": days})
+    else:
+        purge = "true" if args.purge_backups else "false"
+        status, body = _admin_call(cfg, "DELETE", f"/api/v1/users/{name}/data?purge_backups={purge}")
+    print(json.dumps(body, indent=2))
+    return 0 if status == 200 else 1
+
+
 # -- bench -----------------------------------------------------------------------------
 
 
@@ -283,6 +413,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "markdown"], default="json")
     p.add_argument("--output", default=None)
     p.set_defaults(func=cmd_export)
+
+    p = add("backup", "write a verified online backup now (works while the node runs)")
+    p.add_argument("--output", default=None, help="write this one file instead of DATA/backups (no rotation)")
+    p.add_argument("--key-file", default=None, help="encrypt with this key file (default backup.key_file)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backup)
+
+    p = add("restore", "replace a stopped node's database by a verified backup, or its state at a point in time")
+    p.add_argument("file", help="backup file (encrypted or not), or a database holding the command journal")
+    at = p.add_mutually_exclusive_group()
+    at.add_argument("--at-size", type=int, default=None, help="the state when the ledger had N entries")
+    at.add_argument("--at-time", default=None, help="the state at an ISO 8601 time")
+    p.add_argument("--key-file", default=None, help="key for encrypted backups (default backup.key_file)")
+    p.set_defaults(func=cmd_restore)
+
+    p = add("user", "a user's data: retention period, erasure (through the running node)")
+    user_sub = p.add_subparsers(dest="user_command", required=True)
+    q = user_sub.add_parser("retention", help="set how long NAME's message content is kept")
+    q.add_argument("name")
+    q.add_argument("days", help="days, or 'default'")
+    q = user_sub.add_parser("erase", help="erase all of NAME's message content now")
+    q.add_argument("name")
+    q.add_argument("--purge-backups", action="store_true", help="also rewrite the backups without it")
+    for q in user_sub.choices.values():
+        q.add_argument("--config", default=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_user)
 
     p = add("bench", "run a benchmark and print its figures")
     p.add_argument("what", choices=["retrieval", "context", "turn", "startup", "ledger", "continuity", "all"])

@@ -35,6 +35,7 @@ from ccn_node.continuity.context import ContextAssembler
 from ccn_node.continuity.conversation import ConversationService, TurnHooks, TurnResult
 from ccn_node.continuity.instances import InstanceManager, SpawnRecord
 from ccn_node.continuity.plate import Plate, PlateError, load_plate
+from ccn_node.continuity.retention import RetentionService
 from ccn_node.ledger.ledger import Ledger, load_signer
 from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.llm.base import ModelBackend
@@ -48,6 +49,7 @@ from ccn_node.replication.proposer import Proposer
 from ccn_node.replication.state_machine import StateMachine
 from ccn_node.sd_notify import notify, watchdog_interval
 from ccn_node.store import queries
+from ccn_node.store.backup import BackupError, BackupService, DatabaseLock, backup_key
 from ccn_node.store.database import Store, StoreError
 from ccn_node.tls import reload as reload_tls
 from ccn_node.tls import server_context
@@ -90,6 +92,12 @@ class Node:
             self.plate: Plate = load_plate(cfg.path(cfg.plate.path))
         except PlateError as exc:
             raise StartupError(f"THE PLATE: {exc}") from None
+        # One process per database: restore and a second `serve` see this lock (store/backup.py).
+        self.db_lock = DatabaseLock(cfg.database_path)
+        try:
+            self.db_lock.acquire()
+        except BackupError as exc:
+            raise StartupError(str(exc)) from None
         try:
             self.store = Store(
                 cfg.database_path,
@@ -129,6 +137,17 @@ class Node:
         # witness view of the ledger, e.g. {"witnesses": n, "cosigned_size": s, "fork_detected": 0|1}.
         self.backup_age_s: Callable[[], float | None] = lambda: None
         self.witness_status: Callable[[], dict[str, float]] = lambda: {}
+        self.retention = RetentionService(self.store, self.proposer, default_days=cfg.retention.default_days,
+                                          interval_s=cfg.retention.sweep_interval_s, is_leader=self.log.is_leader)
+        self.backups: BackupService | None = None
+        if cfg.backup.enabled:
+            self.backups = BackupService(
+                cfg.database_path, cfg.path(cfg.backup.dir), interval_s=cfg.backup.interval_s, keep=cfg.backup.keep,
+                key=backup_key(cfg), verifiers=[signer.verifier()], node_name=cfg.node.name,
+                step_pages=cfg.backup.step_pages, pause_s=cfg.backup.step_pause_ms / 1000,
+            )
+            backups = self.backups
+            self.backup_age_s = lambda: None if backups.age_seconds() < 0 else backups.age_seconds()
         self.conversations = ConversationService(
             store=self.store,
             proposer=self.proposer,
@@ -177,7 +196,8 @@ class Node:
                 token_budget=self.token_budget,
                 monitoring=self.monitoring,
                 readiness=self.readiness,
-                extra={"instances": self.instances, "consensus": self.consensus, "ops": self.ops_status},
+                extra={"instances": self.instances, "consensus": self.consensus, "ops": self.ops_status,
+                       "retention": self.retention, "backups": self.backups},
             )
         )
 
@@ -189,6 +209,10 @@ class Node:
         await self.log.start()
         await self._record_plate()
         self.instances.start()
+        if self.cfg.retention.enabled:
+            self.retention.start()
+        if self.backups is not None:
+            self.backups.start()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
@@ -217,9 +241,13 @@ class Node:
             await self._runner.cleanup()
         await self.consensus.stop()
         await self.instances.stop()
+        await self.retention.stop()
+        if self.backups is not None:
+            await self.backups.stop()
         await self.log.stop()
         await self.backend.aclose()
         self.store.close()
+        self.db_lock.release()
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -10,8 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nodeproc import NodeProcess  # noqa: E402
-
+from nodeproc import NodeProcess
 
 GENEROUS_LIMITS = """
 [limits]

@@ -94,7 +94,8 @@ class NodeProcess:
 
     def token(self, user: str, role: str = "user") -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "ccn_node", "token", "--config", str(self.config_path), "--user", user, "--role", role],
+            [sys.executable, "-m", "ccn_node", "token", "--config", str(self.config_path),
+             "--user", user, "--role", role],
             check=True, capture_output=True, text=True, env=self.env, timeout=30,
         )
         return out.stdout.strip()

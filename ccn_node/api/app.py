@@ -6,7 +6,16 @@ import time
 
 from aiohttp import web
 
-from ccn_node.api import routes_admin, routes_conversation, routes_metrics, routes_search, routes_system, ws
+from ccn_node.api import (
+    routes_admin,
+    routes_conversation,
+    routes_dashboard,
+    routes_metrics,
+    routes_search,
+    routes_system,
+    routes_users,
+    ws,
+)
 from ccn_node.api.context import SERVICES, ApiServices, Handler, add_ratelimit_headers
 from ccn_node.api.errors import error_middleware
 
@@ -38,7 +47,8 @@ def create_app(services: ApiServices, *extra_routes: web.RouteTableDef) -> web.A
     )
     app[SERVICES] = services
     for table in (routes_system.routes, routes_conversation.routes, routes_search.routes, ws.routes,
-                  routes_admin.routes, routes_metrics.routes, *extra_routes):
+                  routes_admin.routes, routes_metrics.routes, routes_dashboard.routes,
+                  routes_users.routes, *extra_routes):
         app.add_routes(table)
     app.on_response_prepare.append(add_ratelimit_headers)
     return app

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -27,6 +26,7 @@ from aiohttp import web
 
 from ccn_node.api.context import json_response, requires, services
 from ccn_node.api.errors import not_found
+from ccn_node.clock import iso_from_unix, parse_iso
 from ccn_node.continuity.probe import DIMENSIONS
 
 routes = web.RouteTableDef()
@@ -78,7 +78,7 @@ def _unix(iso: str | None) -> float | None:
     if not iso:
         return None
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+        return parse_iso(iso).timestamp()
     except ValueError:
         return None
 
@@ -98,12 +98,12 @@ def _instance_series(conn: apsw.Connection, now: float) -> dict[str, Any]:
     rows = conn.execute(
         "SELECT spawned_at, terminated_at FROM instance_registry"
         " WHERE terminated_at IS NULL OR terminated_at >= ? ORDER BY spawned_at DESC LIMIT 20000",
-        (datetime.fromtimestamp(since).astimezone().isoformat(),),
+        (iso_from_unix(since),),
     ).fetchall()
     spans = [(_unix(a) or now, _unix(b)) for a, b in rows]
     start = max(since, min((a for a, _ in spans), default=now))
     step = max((now - start) / (INSTANCE_SAMPLES - 1), 1.0)
-    times = [min(now, start + i * step) for i in range(INSTANCE_SAMPLES)]
+    times = sorted({min(now, start + i * step) for i in range(INSTANCE_SAMPLES)} | {now})
     counts = [sum(1 for a, b in spans if a <= t and (b is None or b > t)) for t in times]
     active = conn.execute("SELECT count(*) FROM instance_registry WHERE status = 'active'").fetchall()[0][0]
     return {"t": times, "live": counts, "active": int(active)}
@@ -167,4 +167,6 @@ async def dashboard_data(request: web.Request) -> web.Response:
     ops = svc.extra.get("ops")
     status = ops() if callable(ops) else {}
     ledger = {**status.get("ledger", {}), **data.pop("blocks")}
-    return json_response({"generated_at": now, **status, **data, "ledger": ledger})
+    backup = getattr(svc.config, "backup", None)
+    return json_response({"generated_at": now, **status, **data, "ledger": ledger,
+                          "backup_interval_s": getattr(backup, "interval_s", 6 * 3600.0)})

@@ -5,11 +5,10 @@ They validate every body (unknown fields, wrong types, limits) and generate /ope
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
-from typing import Annotated
 
 Text = Annotated[str, Meta(min_length=1, max_length=1_000_000)]
 Title = Annotated[str, Meta(max_length=200)]

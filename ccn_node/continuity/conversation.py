@@ -184,7 +184,9 @@ class ConversationService:
         if user_id in self._known_users:
             return
         if not await self.store.read(queries.user_exists, user_id):
-            cmd = c.CreateUser(request_id=f"user:{user_id}", user_id=user_id, name=user_id, role=role, created_at=now_iso())
+            cmd = c.CreateUser(
+                request_id=f"user:{user_id}", user_id=user_id, name=user_id, role=role, created_at=now_iso()
+            )
             try:
                 await self.proposer.submit(cmd)
             except CommandRejected as exc:
@@ -192,7 +194,9 @@ class ConversationService:
                     raise
         self._known_users.add(user_id)
 
-    async def start(self, user_id: str, role: str, *, title: str = "", metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def start(
+        self, user_id: str, role: str, *, title: str = "", metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         await self.ensure_user(user_id, role)
         session_id = new_id("c")
         cmd = c.StartConversation(

@@ -12,6 +12,7 @@ Everything entering from outside (vectors from peers, the API, the store) goes t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -89,6 +90,12 @@ def ccc(drift_value: float, scale: float = CCC_SCALE) -> float:
     return 1.0 - min(1.0, drift_value / scale)
 
 
+@functools.lru_cache(maxsize=64)
+def _word_set(text: str) -> frozenset[str]:
+    """Content words of a context section; cached because the plate block repeats every turn."""
+    return frozenset(content_words(text))
+
+
 def context_integration(answer: str, sections: Mapping[str, str],
                         weights: Mapping[str, float] | None = None) -> float:
     """Context integration Φ̂ (a lexical proxy, not IIT's Φ). In [0, 1].
@@ -105,7 +112,7 @@ def context_integration(answer: str, sections: Mapping[str, str],
         return 0.0
     num = den = 0.0
     for key, text in sections.items():
-        c = set(content_words(text))
+        c = _word_set(text)
         if not c:
             continue
         w = 1.0 if weights is None else float(weights.get(key, 1.0))
@@ -129,7 +136,7 @@ def emergence(answer: str, sections: Mapping[str, str], user_text: str = "") -> 
         return 0.0
     seen: set[str] = set(content_words(user_text))
     for text in sections.values():
-        seen.update(content_words(text))
+        seen.update(_word_set(text))
     return len(a - seen) / len(a)
 
 

@@ -8,13 +8,15 @@ Safety: user text never reaches FTS5 syntax. It is split by the index's own toke
 (``porter unicode61``, through apsw), stop-words are dropped, and each surviving token is
 quoted as an FTS5 string with ``"`` doubled, joined by ``OR``. Operators, ``*``, ``NEAR(``,
 column filters, parentheses and NUL bytes are therefore plain text. Privacy: the user filter
-is a condition of every SQL statement here, never a filter applied afterwards.
+is a condition of every SQL statement here, never a filter applied afterwards; FTS queries
+also carry it inside the MATCH (the index's ``owner`` column) so other users' rows are
+skipped by FTS5 itself, which is what keeps a query cheap at a million messages.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
+import re
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -47,9 +49,28 @@ STOP_WORDS = frozenset(
     who's whom why why's will with won't would wouldn't yes yet you you'd you'll you're you've your
     yours yourself yourselves d ll m re s t ve hey hi hello yeah yep wow thanks thank""".split()
 )
+# Answer-type cues: a "when" question is answered by a turn that says when, a "where" question
+# by one naming a place (a capitalised word inside the sentence), a "how many" by a number.
+_TEMPORAL = re.compile(
+    r"\b(yesterday|today|tonight|tomorrow|ago|last|next|recently|soon|since|weekend|week|month|year|"
+    r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march|april|may|june|july|"
+    r"august|september|october|november|december|\d{4})\b",
+    re.IGNORECASE,
+)
+_PROPER = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]{2,}")
+_NUMBER = re.compile(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twice|once|several|dozen)\b",
+                     re.IGNORECASE)
+_ANSWER_TYPES: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
+    (re.compile(r"^\s*(when|what (year|month|date|day|time))\b|\bhow long ago\b", re.IGNORECASE), _TEMPORAL),
+    (re.compile(r"^\s*(where|which (city|country|state|place))\b", re.IGNORECASE), _PROPER),
+    (re.compile(r"\bhow (many|much|often|long)\b", re.IGNORECASE), _NUMBER),
+    (re.compile(r"^\s*who\b", re.IGNORECASE), _PROPER),
+)
 
 MAX_QUERY_CHARS = 4000  # a 10k-character message still gets its first 4k considered
-MAX_SCAN_TOKENS = 200  # distinct tokens looked up in the vocabulary at most
+MAX_SCAN_TOKENS = 200
+MIN_DF_CORPUS = 1000  # turns before very common terms are dropped from queries
+DF_CACHE_SIZE = 200_000  # cached document frequencies per reader connection  # distinct tokens looked up in the vocabulary at most
 
 
 class RankParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,9 +79,10 @@ class RankParams(msgspec.Struct, frozen=True, kw_only=True):
     method: str = "fused"  # "fused", "bm25" or "recency"
     max_terms: int = 12  # rarest query terms kept
     max_df_share: float = 0.25  # terms in more than this share of all turns are dropped
+    max_postings: int = 50_000  # rarest terms kept while their document frequencies sum to this
     candidates: int = 300  # FTS5 candidates re-ranked
     session_weight: float = 0.6
-    neighbour_weight: float = 0.35
+    neighbour_weight: float = 0.5
     neighbour_span: int = 2
     recency_weight: float = 0.05
     speaker_weight: float = 0.8
@@ -68,8 +90,7 @@ class RankParams(msgspec.Struct, frozen=True, kw_only=True):
     feedback_terms: int = 10
     feedback_weight: float = 0.3
     windows: int = 60  # top turns whose neighbours are fetched
-    cost_exponent: float = 0.0  # rank by score / tokens**exponent
-    session_decay: float = 1.0  # score factor for each further turn taken from one session
+    answer_type_weight: float = 0.15  # turn has what the question asks for (a time, a place, a number)
 
 
 class QueryTerm(msgspec.Struct, frozen=True):
@@ -142,7 +163,70 @@ def _doc_count(conn: apsw.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0])
 
 
-def query_terms(conn: apsw.Connection, text: str, *, max_terms: int = 12, max_df_share: float = 1.0) -> list[QueryTerm]:
+class _DfCache:
+    """Document frequencies per reader connection.
+
+    fts5vocab counts a term's documents by walking its whole posting list, which for a
+    common term in a million turns costs milliseconds; frequencies move slowly, so a value
+    is reused until the corpus has grown by a tenth since it was read.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.values: dict[str, int] = {}
+
+    def get(self, conn: apsw.Connection, stems: list[str]) -> dict[str, int]:
+        total = _doc_count(conn)
+        if total > self.total * 1.1 or total < self.total or len(self.values) > DF_CACHE_SIZE:
+            self.total, self.values = total, {}
+        missing = [s for s in stems if s not in self.values]
+        if missing:
+            vocab = _vocab(conn)
+            found: dict[str, int] = {}
+            for i in range(0, len(missing), 500):
+                chunk = missing[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(conn.execute(f"SELECT term, doc FROM {vocab} WHERE term IN ({marks})", chunk).fetchall())
+            for stem in missing:
+                self.values[stem] = found.get(stem, 0)
+        return {s: self.values[s] for s in stems}
+
+
+_DF: weakref.WeakKeyDictionary[apsw.Connection, _DfCache] = weakref.WeakKeyDictionary()
+
+
+def doc_frequencies(conn: apsw.Connection, stems: list[str]) -> dict[str, int]:
+    """How many turns contain each index term (0 when absent), cached per connection."""
+    cache = _DF.get(conn)
+    if cache is None:
+        cache = _DF[conn] = _DfCache()
+    return cache.get(conn, stems)
+
+
+def _within_postings(terms: list[QueryTerm], budget: int) -> list[QueryTerm]:
+    """Rarest terms first while their posting lists add up to at most ``budget`` (at least one).
+
+    FTS5's bm25 walks the full posting list of every query term (for its IDF), so the sum of
+    document frequencies is what a query costs; the rarest terms are also the most telling.
+    """
+    out: list[QueryTerm] = []
+    used = 0
+    for t in sorted(terms, key=lambda t: (t.df, t.stem)):
+        if out and used + t.df > budget:
+            break
+        out.append(t)
+        used += t.df
+    return out
+
+
+def query_terms(
+    conn: apsw.Connection,
+    text: str,
+    *,
+    max_terms: int = 12,
+    max_df_share: float = 1.0,
+    max_postings: int = 0,
+) -> list[QueryTerm]:
     """Distinct non-stop-word tokens of ``text`` that occur in the index, rarest first, capped.
 
     Rare terms carry the meaning (and are cheap to match); very common ones are dropped
@@ -158,22 +242,15 @@ def query_terms(conn: apsw.Connection, text: str, *, max_terms: int = 12, max_df
             break
     if not seen:
         return []
-    vocab = _vocab(conn)
-    stems = list(seen)
-    dfs: dict[str, int] = {}
-    for i in range(0, len(stems), 500):
-        chunk = stems[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        for term, doc in conn.execute(f"SELECT term, doc FROM {vocab} WHERE term IN ({marks})", chunk):
-            dfs[term] = doc
-    total = _doc_count(conn) or 1
-    terms = [
-        QueryTerm(seen[s], s, dfs[s])
-        for s in stems
-        if s in dfs and (max_df_share >= 1.0 or dfs[s] <= max(1, int(max_df_share * total)))
-    ]
+    dfs = doc_frequencies(conn, list(seen))
+    # In a large corpus a term in a quarter of all turns says little and costs the most;
+    # in a small one every term may be "common", so the cut applies only from MIN_DF_CORPUS on.
+    total = _doc_count(conn)
+    cap = int(max_df_share * total) if max_df_share < 1.0 and total >= MIN_DF_CORPUS else total
+    terms = [QueryTerm(seen[s], s, dfs[s]) for s in seen if 0 < dfs[s] <= cap]
     terms.sort(key=lambda t: (t.df, t.stem))
-    return terms[:max_terms]
+    terms = terms[:max_terms]
+    return _within_postings(terms, max_postings) if max_postings else terms
 
 
 def fts_query(terms: Iterable[QueryTerm]) -> str:
@@ -181,10 +258,42 @@ def fts_query(terms: Iterable[QueryTerm]) -> str:
     return " OR ".join('"' + t.surface.replace('"', '""') + '"' for t in terms)
 
 
+def owner_token(user_id: str) -> str:
+    """The user's token in the index's ``owner`` column (see MIGRATION_3 in store/schema.py)."""
+    return "o" + user_id.encode("utf-8", "surrogatepass").hex() + "z" * 64
+
+
+def owned_match(user_id: str, terms: Iterable[QueryTerm]) -> str:
+    """``owner : "<user>" AND content : (terms)``: FTS5 itself skips other users' rows."""
+    return f'owner : "{owner_token(user_id)}" AND content : ({fts_query(terms)})'
+
+
+def owner_token(user_id: str) -> str:
+    """The user's token in the index's ``owner`` column (see MIGRATION_3 in store/schema.py)."""
+    return "o" + user_id.encode("utf-8", "surrogatepass").hex() + "z" * 64
+
+
+def owned_match(user_id: str, terms: Iterable[QueryTerm]) -> str:
+    """``owner : "<user>" AND content : (terms)``: FTS5 itself skips other users' rows."""
+    return f'owner : "{owner_token(user_id)}" AND content : ({fts_query(terms)})'
+
+
+def prefix_terms(terms: Iterable[QueryTerm], min_chars: int = 7) -> list[QueryTerm]:
+    """Truncated forms of long terms, so "allergies" also finds "allergic" and "entrepreneurial"
+    finds "entrepreneur": derivations the porter stemmer keeps apart."""
+    out: dict[str, QueryTerm] = {}
+    for t in terms:
+        low = t.surface.lower()
+        if len(low) >= min_chars and low.isalpha():
+            cut = low[: max(5, len(low) - 4)]
+            out.setdefault(cut, QueryTerm(cut, cut, t.df))
+    return list(out.values())
+
+
 # -- retrieval -----------------------------------------------------------------------------
 
 _CANDIDATES_SQL = """
-SELECT m.message_id, m.session_id, m.seq, m.role, m.content, m.created_at, bm25(messages_fts) AS s
+SELECT m.message_id, m.session_id, m.seq, m.role, m.content, m.created_at, bm25(messages_fts, 1.0, 0.0) AS s
 FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
 WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
 ORDER BY s LIMIT ?
@@ -220,12 +329,16 @@ def _speakers(conn: apsw.Connection, user_id: str) -> dict[str, set[str]]:
 
 
 def _candidates(
-    conn: apsw.Connection, user_id: str, terms: list[QueryTerm], k: int, exclude_ids: set[str] | frozenset[str]
+    conn: apsw.Connection,
+    user_id: str,
+    terms: list[QueryTerm],
+    k: int,
+    exclude_ids: set[str] | frozenset[str],
 ) -> dict[str, Turn]:
     """Top-k BM25 matches of ``terms`` among this user's turns (user filter in the SQL)."""
     if not terms:
         return {}
-    rows = conn.execute(_CANDIDATES_SQL, (fts_query(terms), user_id, k)).fetchall()
+    rows = conn.execute(_CANDIDATES_SQL, (owned_match(user_id, terms), user_id, k)).fetchall()
     return {
         r[0]: Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=-r[6])
         for r in rows
@@ -253,22 +366,26 @@ def relevant_turns(
         terms = query_terms(conn, text, max_terms=10_000)
         return sorted(_candidates(conn, user_id, terms, limit, exclude_ids).values(), key=lambda t: -t.score)
     speakers = _speakers(conn, user_id) if p.speaker_weight else {}
-    terms = query_terms(conn, text, max_terms=p.max_terms, max_df_share=p.max_df_share)
+    terms = query_terms(
+        conn, text, max_terms=p.max_terms, max_df_share=p.max_df_share, max_postings=p.max_postings
+    )
     named = {t.stem for t in terms if t.surface.lower() in speakers}
     content_terms = [t for t in terms if t.stem not in named] or terms
     cands = _candidates(conn, user_id, content_terms, p.candidates, exclude_ids)
     if not cands:
         return []
-    return _fuse(conn, user_id, cands, content_terms, named, speakers, exclude_ids, limit, p)
+    cue = next((answer for question, answer in _ANSWER_TYPES if question.search(text)), None)
+    return _fuse(conn, user_id, cands, content_terms, named, speakers, exclude_ids, limit, p, cue)
 
 
 def _normalise(turns: dict[str, Turn]) -> dict[str, float]:
+    """BM25 scores scaled to (0, 1] by the best one."""
     top = max((t.score for t in turns.values()), default=0.0) or 1.0
-    return {mid: t.score / top for mid, t in turns.items()}
+    return {mid: max(t.score, 0.0) / top for mid, t in turns.items()}
 
 
 def _expansion(
-    conn: apsw.Connection, docs: list[Turn], query: set[str], named: set[str], n: int
+    conn: apsw.Connection, docs: list[Turn], query: set[str], named: set[str], n: int, max_postings: int = 0
 ) -> list[QueryTerm]:
     """Pseudo-relevance feedback: the terms that best characterise the top turns.
 
@@ -291,16 +408,22 @@ def _expansion(
             surface.setdefault(stem, surf)
     if not weight:
         return []
-    vocab = _vocab(conn)
-    stems = list(weight)
-    marks = ",".join("?" * len(stems))
-    dfs = dict(conn.execute(f"SELECT term, doc FROM {vocab} WHERE term IN ({marks})", stems).fetchall())
+    stems = sorted(weight, key=lambda s: -weight[s])[: 4 * n]  # bound the vocabulary look-ups
+    dfs = doc_frequencies(conn, stems)
     total = max(_doc_count(conn), 1)
-    scored = [
-        (weight[s] * math.log(1 + total / (dfs[s] + 0.5)), s) for s in stems if dfs.get(s, 0) > 1 and weight[s] > 0
-    ]
+    scored = [(weight[s] * math.log(1 + total / (dfs[s] + 0.5)), s) for s in stems if dfs[s] > 1]
     scored.sort(reverse=True)
-    return [QueryTerm(surface[s], s, dfs[s]) for _, s in scored[:n]]
+    terms = [QueryTerm(surface[s], s, dfs[s]) for _, s in scored[:n]]
+    return _within_postings(terms, max_postings) if max_postings else terms
+
+
+def _add_channel(cands: dict[str, Turn], lexical: dict[str, float], more: dict[str, Turn], weight: float) -> None:
+    """Add a secondary match list (feedback terms) to the lexical scores, normalised, weighted."""
+    for mid, w in _normalise(more).items():
+        if mid not in cands:
+            cands[mid] = more[mid]
+            lexical[mid] = 0.0
+        lexical[mid] += weight * w
 
 
 def _fuse(
@@ -313,8 +436,9 @@ def _fuse(
     exclude_ids: set[str] | frozenset[str],
     limit: int,
     p: RankParams,
+    cue: re.Pattern[str] | None = None,
 ) -> list[Turn]:
-    """BM25 fused with feedback terms, session coverage, neighbours, speaker and recency."""
+    """BM25 fused with feedback terms, session coverage, neighbours, speaker, answer type, recency."""
     total = max(_doc_count(conn), 1)
     idf = {t.stem: math.log(1 + (total - t.df + 0.5) / (t.df + 0.5)) for t in terms}
     idf_sum = sum(idf.values()) or 1.0
@@ -327,30 +451,26 @@ def _fuse(
     coverage = {sid: sum(idf[s] for s in stems) / idf_sum for sid, stems in matched.items()}
 
     if p.feedback_terms and p.feedback_weight:
-        first = sorted(
-            cands.values(), key=lambda t: -(lexical[t.message_id] + p.session_weight * coverage[t.session_id])
-        )[: p.feedback_docs]
-        extra = _expansion(conn, first, set(idf), named, p.feedback_terms)
-        more = _candidates(conn, user_id, extra, p.candidates, exclude_ids)
-        for mid, w in _normalise(more).items():
-            if mid not in cands:
-                cands[mid] = more[mid]
-                lexical[mid] = 0.0
-            lexical[mid] += p.feedback_weight * w
+        first = sorted(cands.values(), key=lambda t: -(lexical[t.message_id] + p.session_weight * coverage[t.session_id]))
+        extra = _expansion(conn, first[: p.feedback_docs], set(idf), named, p.feedback_terms, p.max_postings)
+        _add_channel(cands, lexical, _candidates(conn, user_id, extra, p.candidates, exclude_ids), p.feedback_weight)
 
     # Neighbours: the turns around a match often hold the answer (a reply, a follow-up).
     span = p.neighbour_span
-    ranked = sorted(cands.values(), key=lambda t: -lexical[t.message_id])[: max(limit, p.windows)]
-    windows = [[t.session_id, t.seq - span, t.seq + span] for t in ranked]
     by_pos: dict[tuple[str, int], Turn] = {(t.session_id, t.seq): t for t in cands.values()}
+    support: dict[tuple[str, int], float] = {}
+    for t in cands.values():
+        w = lexical[t.message_id]
+        for d in range(1, span + 1):
+            for key in ((t.session_id, t.seq - d), (t.session_id, t.seq + d)):
+                if support.get(key, 0.0) < w:
+                    support[key] = w
+    ranked = sorted(cands.values(), key=lambda t: -lexical[t.message_id])[: max(p.windows, 1)]
+    windows = [[t.session_id, t.seq - span, t.seq + span] for t in ranked]
     for r in conn.execute(_WINDOWS_SQL, (msgspec.json.encode(windows).decode(), user_id)):
-        if r[0] in exclude_ids or (r[1], r[2]) in by_pos:
-            continue
-        by_pos[(r[1], r[2])] = Turn(
-            message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=0.0,
-            source="neighbour",
-        )
-    base_at = {(t.session_id, t.seq): lexical.get(t.message_id, 0.0) for t in by_pos.values()}
+        if r[0] not in exclude_ids and (r[1], r[2]) not in by_pos:
+            by_pos[(r[1], r[2])] = Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4],
+                                        created_at=r[5], score=0.0, source="neighbour")
 
     wanted_roles: set[str] = set()
     for stem in named:
@@ -359,44 +479,28 @@ def _fuse(
                 wanted_roles |= pairs
 
     order = sorted({t.created_at[:10] + t.session_id for t in by_pos.values()})
-    rank_of = {k: i for i, k in enumerate(order)}
-    for (sid, seq), t in by_pos.items():
-        near = max((base_at.get((sid, seq + d), 0.0) for d in range(-span, span + 1) if d), default=0.0)
-        score = base_at[(sid, seq)] + p.neighbour_weight * near + p.session_weight * coverage.get(sid, 0.0)
+    rank_of = {k: i / max(len(order) - 1, 1) for i, k in enumerate(order)}
+    for key, t in by_pos.items():
+        sid = t.session_id
+        score = (
+            lexical.get(t.message_id, 0.0)
+            + p.neighbour_weight * support.get(key, 0.0)
+            + p.session_weight * coverage.get(sid, 0.0)
+            + p.recency_weight * rank_of[t.created_at[:10] + sid]
+        )
         if wanted_roles and f"{sid}\x1f{t.role}" in wanted_roles:
             score += p.speaker_weight
-        score += p.recency_weight * rank_of[t.created_at[:10] + sid] / max(len(order) - 1, 1)
-        # Value per token: a long turn must earn its place in a fixed budget.
-        t.score = score / (len(t.content) / 4 + 8) ** p.cost_exponent
-    ranked = sorted(by_pos.values(), key=lambda t: (-t.score, t.created_at, t.seq))
-    return _diversify(ranked, p.session_decay, limit) if p.session_decay < 1.0 else ranked[:limit]
-
-
-def _diversify(ranked: list[Turn], decay: float, limit: int) -> list[Turn]:
-    """Each further turn from one conversation counts a little less, so one busy session
-    cannot crowd out the other sessions a multi-hop question needs."""
-    heap = [(-t.score, i) for i, t in enumerate(ranked)]
-    heapq.heapify(heap)
-    taken: dict[str, int] = {}
-    out: list[Turn] = []
-    while heap and len(out) < limit:
-        neg, i = heapq.heappop(heap)
-        turn = ranked[i]
-        n = taken.get(turn.session_id, 0)
-        want = turn.score * decay**n
-        if -neg > want + 1e-12:
-            heapq.heappush(heap, (-want, i))
-            continue
-        taken[turn.session_id] = n + 1
-        out.append(turn)
-    return out
+        if cue is not None and p.answer_type_weight and cue.search(t.content):
+            score += p.answer_type_weight
+        t.score = score
+    return sorted(by_pos.values(), key=lambda t: (-t.score, t.created_at, t.seq))[:limit]
 
 
 # -- full-text search (the API endpoint) ---------------------------------------------------
 
 _SEARCH_SQL = """
 SELECT m.message_id, m.session_id, m.seq, m.created_at, m.role,
-       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, bm25(messages_fts) AS s
+       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, bm25(messages_fts, 1.0, 0.0) AS s
 FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
 WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
 ORDER BY s, m.rowid LIMIT ? OFFSET ?
@@ -416,7 +520,7 @@ def search(conn: apsw.Connection, user_id: str, q: str, limit: int = 20, offset:
         return []
     limit = max(0, min(int(limit), 1000))
     offset = max(0, int(offset))
-    rows = conn.execute(_SEARCH_SQL, (fts_query(terms), user_id, limit, offset)).fetchall()
+    rows = conn.execute(_SEARCH_SQL, (owned_match(user_id, terms), user_id, limit, offset)).fetchall()
     return [
         SearchHit(message_id=r[0], session_id=r[1], seq=r[2], created_at=r[3], role=r[4], snippet=r[5], score=-r[6])
         for r in rows

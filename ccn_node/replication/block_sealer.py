@@ -99,7 +99,7 @@ class BlockSealer:
         while True:
             await asyncio.sleep(min(0.5, self.every_seconds))
             try:
-                number, sealed_size, _ = await self.store.read(_seal_inputs)
+                _, sealed_size, _ = await self.store.read(_seal_inputs)
                 size = await self.store.read(lambda conn: MerkleTree(conn).size())
                 due = size - sealed_size >= self.every_entries or (
                     size > sealed_size and time.monotonic() - last_seal >= self.every_seconds

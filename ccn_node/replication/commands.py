@@ -107,13 +107,6 @@ class RegisterInstance(Command, tag="inst.register"):
     status: str = "active"
 
 
-class HeartbeatInstance(Command, tag="inst.heartbeat"):
-    instance_id: str
-    at: str
-    character_vector: list[float] | None = None
-    drift: float | None = None
-
-
 class TerminateInstance(Command, tag="inst.terminate"):
     instance_id: str
     at: str
@@ -164,7 +157,6 @@ AnyCommand = (
     | EndConversation
     | AppendMessage
     | RegisterInstance
-    | HeartbeatInstance
     | TerminateInstance
     | RecordConsensus
     | SealBlock

@@ -90,6 +90,19 @@ def purge_user(conn: apsw.Connection, user_id: str, before: str | None, erased_a
     return len(rows)
 
 
+def _replay(sm: StateMachine, batch: list[tuple[int, bytes]]) -> None:
+    """Apply journal entries under their own numbers. The journal is keyed by command index
+    (rows record it as ``log_index``); Raft batches several commands in one log entry, and a
+    journal has no gap only for commands, so each entry is applied as command ``ci`` of a log
+    whose index is ``ci`` too: the restored node continues as a single node from there."""
+    sm.begin()
+    for ci, entry in batch:
+        sm.applied_index = ci - 1
+        sm.command_index = ci - 1
+        sm.apply(ci, entry)
+    sm.commit()
+
+
 def _compact(conn: apsw.Connection) -> None:
     """Drop erased text physically: merge the FTS index (its old segments still hold the
     tokens) and rebuild the file (freed pages still hold the bytes)."""
@@ -114,8 +127,8 @@ def _pick_base(src: apsw.Connection, index: int, bases: list[backup.BackupInfo])
     (so it is a prefix of the same history), and from which the journal reaches the target."""
     first, _ = journal.bounds(src)
     tree = MerkleTree(src)
-    for info in sorted(bases, key=lambda i: i.applied_index, reverse=True):
-        if info.applied_index > index or info.applied_index < first - 1:
+    for info in sorted(bases, key=lambda i: i.journal_index, reverse=True):
+        if info.journal_index > index or info.journal_index < first - 1:
             continue
         try:
             if tree.root(info.ledger_size).hex() != info.ledger_root:
@@ -162,8 +175,8 @@ def point_in_time(
                 migrate(conn, [ledger_schema_sql()])
                 sm = StateMachine(conn, ledger=MerkleTree(conn))
                 replayed = 0
-                for batch in journal.entries(src, sm.applied_index, index):
-                    sm.apply_batch(batch)
+                for batch in journal.entries(src, sm.command_index, index):
+                    _replay(sm, batch)
                     replayed += len(batch)
                 purged = 0
                 with conn:

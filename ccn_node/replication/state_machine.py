@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -380,7 +381,9 @@ class StateMachine:
         return {"session_id": cmd.session_id, "already_ended": False, "message_count": row[1]}
 
     def _append_message(self, cmd: c.AppendMessage, index: int) -> dict[str, Any]:
-        conv = self._one("SELECT user_id, status, message_count FROM conversations WHERE session_id = ?", (cmd.session_id,))
+        conv = self._one(
+            "SELECT user_id, status, message_count FROM conversations WHERE session_id = ?", (cmd.session_id,)
+        )
         if conv is None:
             raise Rejected("not_found", "no such conversation")
         if conv[0] != cmd.user_id:
@@ -513,6 +516,8 @@ class StateMachine:
         return {"instance_id": cmd.instance_id, "terminated": bool(changed)}
 
     def _record_consensus(self, cmd: c.RecordConsensus, index: int) -> dict[str, Any]:
+        if not math.isfinite(cmd.latency_ms):  # SQLite would store ±inf in a REAL column
+            raise Rejected("invalid", "latency_ms must be a finite number")
         self.conn.execute(
             "INSERT INTO consensus_log(round_id, created_at, term, node_id, instance_count, consensus_vector,"
             " outliers, drifts, latency_ms, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

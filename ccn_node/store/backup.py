@@ -255,7 +255,13 @@ def sha256_file(path: Path) -> str:
 
 
 def online_copy(
-    src_db: Path, dst: Path, *, step_pages: int = 1024, pause_s: float = 0.001, busy_timeout_ms: int = 5000
+    src_db: Path,
+    dst: Path,
+    *,
+    step_pages: int = 1024,
+    pause_s: float = 0.001,
+    busy_timeout_ms: int = 5000,
+    cancel: threading.Event | None = None,
 ) -> dict[str, float]:
     """Copy a live WAL database into ``dst`` (a standalone rollback-journal file).
 
@@ -274,6 +280,8 @@ def online_copy(
         src.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # start the read transaction now
         with dest.backup("main", src, "main") as b:
             while not b.done:
+                if cancel is not None and cancel.is_set():
+                    raise BackupError(f"{src_db}: backup cancelled (the node is stopping)")
                 b.step(step_pages)
                 steps += 1
                 if pause_s and not b.done:
@@ -295,6 +303,7 @@ class Verification:
     integrity: str
     audit: str
     applied_index: int
+    command_index: int
     ledger_size: int
     ledger_root: str
     schema_version: int
@@ -318,6 +327,7 @@ def verify_database(path: Path, verifiers: Iterable[Any] | None = None, *, audit
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             meta = conn.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchone()
+            cmeta = conn.execute("SELECT value FROM meta WHERE key = 'command_index'").fetchone()
             messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         except apsw.Error as exc:
             raise BackupError(f"{path}: not a ccn-node database: {exc}") from exc
@@ -331,6 +341,7 @@ def verify_database(path: Path, verifiers: Iterable[Any] | None = None, *, audit
             integrity="ok",
             audit=summary,
             applied_index=int(meta[0]) if meta else 0,
+            command_index=int(cmeta[0]) if cmeta else (int(meta[0]) if meta else 0),
             ledger_size=size,
             ledger_root=root,
             schema_version=int(version),
@@ -435,7 +446,12 @@ class BackupInfo:
     copy_seconds: float
     verify_seconds: float
     format: int = 1
+    command_index: int = -1  # journal position (log index of commands); -1: same as applied_index
     purged: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def journal_index(self) -> int:
+        return self.applied_index if self.command_index < 0 else self.command_index
 
     @property
     def path(self) -> Path:
@@ -506,6 +522,7 @@ def create_backup(
     step_pages: int = 1024,
     pause_s: float = 0.001,
     before_verify: Callable[[Path], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> BackupInfo:
     """Copy, verify, (encrypt), publish, then rotate. Only reads the live database.
 
@@ -519,7 +536,7 @@ def create_backup(
         created = time.time()
         tmp = directory / f".tmp-{stamp}-{secrets.token_hex(4)}.sqlite3"
         try:
-            copy = online_copy(db_path, tmp, step_pages=step_pages, pause_s=pause_s)
+            copy = online_copy(db_path, tmp, step_pages=step_pages, pause_s=pause_s, cancel=cancel)
             if before_verify is not None:
                 before_verify(tmp)
             t0 = time.perf_counter()
@@ -565,6 +582,7 @@ def create_backup(
             audit=check.audit,
             copy_seconds=copy["seconds"],
             verify_seconds=verify_s,
+            command_index=check.command_index,
         )
         info.save()
         _fsync_path(directory)
@@ -695,6 +713,7 @@ class BackupService:
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._cancel = threading.Event()
 
     def age_seconds(self) -> float:
         """Seconds since the newest verified backup; -1 when there is none."""
@@ -715,6 +734,7 @@ class BackupService:
                 node_name=self.node_name,
                 step_pages=self.step_pages,
                 pause_s=self.pause_s,
+                cancel=self._cancel,
             )
 
     async def run_now(self) -> BackupInfo:
@@ -732,6 +752,7 @@ class BackupService:
         self._task = asyncio.create_task(self._loop(), name="ccn-backup")
 
     async def stop(self) -> None:
+        self._cancel.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -772,31 +793,3 @@ def backup_key(cfg: Any, key_file: str | None = None) -> bytes | None:
     except ValueError as exc:
         raise ConfigError(cfg.source, where, f"{cfg.path(name)}: {exc}") from None
 
-
-def ledger_verifiers(cfg: Any) -> list[Any]:
-    """Verifiers for the node's own checkpoints, from ``ledger.key_file`` (PEM or note skey).
-
-    An unreadable key gives no verifiers: an audit then still checks the tree, and fails on
-    the first signed block, which names the problem.
-    """
-    try:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        from ccn_node.ledger.note import NoteSigner
-    except ImportError:  # pragma: no cover
-        return []
-    path = cfg.path(cfg.ledger.key_file)
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            key = load_pem_private_key(data, password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                return []
-            return [NoteSigner(cfg.node.name, key).verifier()]
-        return [NoteSigner.from_skey(data.decode()).verifier()]
-    except (ValueError, TypeError):
-        return []

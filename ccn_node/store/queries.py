@@ -157,7 +157,9 @@ def seq_at_time(conn: apsw.Connection, session_id: str, at: str) -> int:
 
 
 def time_of_seq(conn: apsw.Connection, session_id: str, seq: int) -> str | None:
-    rows = conn.execute("SELECT created_at FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)).fetchall()
+    rows = conn.execute(
+        "SELECT created_at FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
+    ).fetchall()
     return rows[0][0] if rows else None
 
 

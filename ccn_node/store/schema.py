@@ -177,7 +177,43 @@ MIGRATION_2 = [
     )""",
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2]
+# The full-text index with an ``owner`` column (continuity/retrieval.py): one token per user,
+# so the per-user filter is a posting-list intersection inside FTS5 instead of a lookup of every
+# matching row of every user. The token is 'o' + hex(user_id) + 64 'z': one token (hex has no
+# separators), longer than 64 bytes so the porter stemmer passes it through unchanged, hence
+# distinct per user. Queries always pair it with ``m.user_id = ?`` in SQL as well.
+_FTS_OWNER = "'o' || hex({v}.user_id) || '" + "z" * 64 + "'"
+MIGRATION_3 = [
+    "DROP TRIGGER IF EXISTS messages_fts_insert",
+    "DROP TRIGGER IF EXISTS messages_fts_delete",
+    "DROP TRIGGER IF EXISTS messages_fts_update",
+    "DROP TABLE IF EXISTS messages_fts",
+    f"""CREATE VIEW messages_fts_source AS
+        SELECT m.rowid AS rowid, m.content AS content, {_FTS_OWNER.format(v="m")} AS owner
+        FROM messages AS m WHERE m.kind = 'chat'""",
+    """CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, owner, content='messages_fts_source', content_rowid='rowid',
+        tokenize='porter unicode61 remove_diacritics 2'
+    )""",
+    f"""CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+        WHEN new.kind = 'chat' BEGIN
+        INSERT INTO messages_fts(rowid, content, owner) VALUES (new.rowid, new.content, {_FTS_OWNER.format(v="new")});
+    END""",
+    f"""CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+        WHEN old.kind = 'chat' BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content, owner)
+            VALUES ('delete', old.rowid, old.content, {_FTS_OWNER.format(v="old")});
+    END""",
+    f"""CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, user_id ON messages
+        WHEN old.kind = 'chat' BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content, owner)
+            VALUES ('delete', old.rowid, old.content, {_FTS_OWNER.format(v="old")});
+        INSERT INTO messages_fts(rowid, content, owner) VALUES (new.rowid, new.content, {_FTS_OWNER.format(v="new")});
+    END""",
+    "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
