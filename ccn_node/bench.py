@@ -223,6 +223,28 @@ def run_ingest_bench(messages: int = 20_000, writers: int = 256) -> dict[str, An
     return {f"writers_{writers}": many, "writers_1": one}
 
 
+def run_context_bench_sizes(sizes: list[int], *, samples: int = 300, data_dir: str | None = None) -> dict[str, Any]:
+    """Context assembly and search p50/p95 on synthetic corpora of each size (1,000 conversations).
+
+    With ``data_dir`` the corpus of each size is kept in DATA_DIR/corpus-N and reused by later runs.
+    """
+    from ccn_node.continuity.bench_context import generate_corpus, run_context_bench
+
+    out: dict[str, Any] = {"target_context_p95_ms_at_1M": 15.0}
+    for size in sizes:
+        if data_dir is not None:
+            where = Path(data_dir) / f"corpus-{size}"
+            built = None
+            if not (where / "ccn.sqlite3").exists():
+                built = generate_corpus(where, size)
+            out[str(size)] = {"corpus": built or "reused", **run_context_bench(where, samples=samples)}
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            built = generate_corpus(tmp, size)
+            out[str(size)] = {"corpus": built, **run_context_bench(tmp, samples=samples)}
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     what = args.what
     if what == "retrieval":
@@ -232,10 +254,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("ccn-node bench retrieval needs --locomo FILE")
         return run_retrieval_bench(args.locomo, budget=args.budget)
     if what == "context":
-        from ccn_node.continuity.bench_context import run_context_bench_sizes
-
         sizes = [int(x) for x in args.sizes.split(",") if x]
-        return run_context_bench_sizes(sizes, samples=args.samples)
+        return run_context_bench_sizes(sizes, samples=args.samples, data_dir=args.data_dir)
     if what == "turn":
         return {"turn": run_turn_bench(), "ingest": run_ingest_bench()}
     if what == "startup":
@@ -248,6 +268,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from ccn_node.continuity.bench_spawn import run_all
 
         return run_all()
+    if what == "cluster":
+        from ccn_node.replication.bench_raft import run_cluster_bench
+
+        return run_cluster_bench()
     raise SystemExit(f"unknown benchmark {what}")
 
 

@@ -23,8 +23,10 @@ from ccn_node.config import (
     ConfigError,
     default_config_path,
     jwt_secret,
+    ledger_origin,
     load_config,
     parse_listen,
+    read_secret_file,
     write_secret_file,
 )
 
@@ -70,6 +72,82 @@ key_file = "keys/node.ed25519"
 """
 
 
+def cluster_config_text(*, name: str, address: str, peers: list[str], durability: str = "fsync") -> str:
+    """The [cluster] section of a member (replication/DESIGN.md "Raft"; keys in ccn.toml.example)."""
+    peer_list = ", ".join(f'"{p}"' for p in peers)
+    return f"""
+[cluster]
+# The organisation's ledger origin and the member list: identical on every node.
+name = "{name}"
+address = "{address}"
+peers = [{peer_list}]
+secret_file = "keys/cluster.secret"
+durability = "{durability}"
+"""
+
+
+def _share_secret(shared: Path | None, dest: Path, make: Any) -> None:
+    """A cluster-wide secret: copy ``shared`` into ``dest``; if ``shared`` does not exist yet,
+    create it from ``dest`` (or from ``make()``), so the same init line works on every node."""
+    if shared is not None:
+        shared = shared.expanduser().resolve()
+        if shared.exists():
+            write_secret_file(dest, read_secret_file(shared, file=str(shared), key="shared key file"))
+            return
+    if not dest.exists():
+        write_secret_file(dest, make())
+    if shared is not None:
+        write_secret_file(shared, dest.read_bytes())
+
+
+def _new_ed25519_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _default_cluster_name(ledger_pem: bytes) -> str:
+    """Derived from the shared ledger key, so every member computes the same origin."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    public = serialization.load_pem_private_key(ledger_pem, password=None).public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"ccn-org-{hashlib.sha256(raw).hexdigest()[:8]}"
+
+
+def init_cluster_member(
+    data_dir: Path,
+    *,
+    raft_address: str,
+    peers: list[str],
+    secret_file: Path,
+    jwt_key_file: Path | None = None,
+    ledger_key_file: Path | None = None,
+    cluster_name: str | None = None,
+    durability: str = "fsync",
+) -> None:
+    """Make an initialised data dir a cluster member: shared keys in keys/, a [cluster] section."""
+    data_dir = data_dir.expanduser().resolve()
+    parse_listen(raft_address, file="--raft-address", key="raft-address")
+    for peer in peers:
+        parse_listen(peer, file="--peer", key="peer")
+    keys = data_dir / "keys"
+    _share_secret(secret_file, keys / "cluster.secret",
+                  lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)) + b"\n")
+    _share_secret(jwt_key_file, keys / "jwt.key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)) + b"\n")
+    _share_secret(ledger_key_file, keys / "node.ed25519", _new_ed25519_pem)
+    name = cluster_name or _default_cluster_name((keys / "node.ed25519").read_bytes())
+    members = sorted(set(peers) | {raft_address})
+    config_path = data_dir / "ccn.toml"
+    config_path.write_text(config_path.read_text() + cluster_config_text(
+        name=name, address=raft_address, peers=members, durability=durability))
+
+
 def init_data_dir(data_dir: Path, *, listen: str, name: str | None = None, force: bool = False) -> Path:
     """Write DIR/ccn.toml, the node's Ed25519 key, a JWT key and THE PLATE; return the config path."""
     from cryptography.hazmat.primitives import serialization
@@ -86,11 +164,12 @@ def init_data_dir(data_dir: Path, *, listen: str, name: str | None = None, force
     keys = data_dir / "keys"
     if not (keys / "jwt.key").exists():
         write_secret_file(keys / "jwt.key", base64.urlsafe_b64encode(secrets.token_bytes(32)) + b"\n")
-    if not (keys / "node.ed25519").exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        write_secret_file(keys / "node.ed25519", pem)
+    for key_name in ("node.ed25519", "witness.ed25519"):  # ledger key (the organisation's), cosigning key (this node's)
+        if not (keys / key_name).exists():
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            write_secret_file(keys / key_name, pem)
     plate = data_dir / "plate.md"
     if not plate.exists():
         plate.write_bytes(resources.files("ccn_node").joinpath("data/plate.example.md").read_bytes())
@@ -98,15 +177,70 @@ def init_data_dir(data_dir: Path, *, listen: str, name: str | None = None, force
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.peer and not (args.raft_address and args.cluster_secret_file):
+        _print_err("--peer needs --raft-address and --cluster-secret-file")
+        return EXIT_USAGE
     config_path = init_data_dir(Path(args.data_dir), listen=args.listen, name=args.name, force=args.force)
+    if args.peer:
+        init_cluster_member(
+            Path(args.data_dir), raft_address=args.raft_address, peers=args.peer,
+            secret_file=Path(args.cluster_secret_file),
+            jwt_key_file=Path(args.jwt_key_file) if args.jwt_key_file else None,
+            ledger_key_file=Path(args.ledger_key_file) if args.ledger_key_file else None,
+            cluster_name=args.cluster_name, durability=args.durability,
+        )
     cfg = load_config(config_path)
+    if cfg.cluster.enabled:
+        print(f"cluster:     {cfg.cluster.name}, raft {cfg.cluster.address}, members {', '.join(cfg.cluster.peers)}")
     token = _issue_token(cfg, "admin", "admin")
     print(f"config:      {config_path}")
     print(f"data dir:    {cfg.data_dir}")
     print(f"listen:      http://{cfg.node.listen}")
     print(f"admin token: {token}")
+    log_vkey, witness_vkey = _vkeys(cfg)
+    print(f"ledger vkey: {log_vkey}")
+    print(f"witness vkey: {witness_vkey}")
     print(f"start with:  ccn-node serve --config {config_path}")
     return 0
+
+
+def _vkeys(cfg: Config) -> tuple[str, str]:
+    """The C2SP verifier keys peers pin: the ledger's (vkeys) and this node's witness key (witness_vkeys)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ccn_node.config import read_secret_file
+    from ccn_node.ledger.note import CosignatureSigner
+
+    log_vkey = _ledger_verifiers(cfg)[0].vkey()
+    key_file = cfg.path(cfg.federation.witness_key_file)
+    pem = read_secret_file(key_file, file=cfg.source, key="federation.witness_key_file")
+    key = serialization.load_pem_private_key(pem, password=None)
+    name = cfg.federation.witness_name or f"{cfg.node.name}/witness"
+    return log_vkey, CosignatureSigner(name, key).vkey()  # type: ignore[arg-type]
+
+
+# -- verify ----------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Read-only full audit: works on a stopped node or beside a running one (WAL readers)."""
+    from ccn_node.replication.audit import verify_database
+
+    cfg = load_config(args.config)
+    if not cfg.database_path.exists():
+        raise ConfigError(cfg.source, "storage.database", f"{cfg.database_path} does not exist")
+    report = verify_database(cfg.database_path, _ledger_verifiers(cfg), origin=ledger_origin(cfg),
+                             parallel=not args.serial)
+    if args.json:
+        problem = report.problem
+        print(json.dumps({"ok": report.ok, "summary": report.summary(), "leaves": report.ledger.leaves,
+                          "blocks": report.ledger.blocks, "corpus_rows": report.corpus_rows,
+                          "seconds": report.seconds,
+                          "problem": None if problem is None else {"table": problem.table, "row": problem.row,
+                                                                   "message": problem.message}}))
+    else:
+        print(report.summary())
+    return 0 if report.ok else 1
 
 
 # -- serve -----------------------------------------------------------------------------
@@ -230,7 +364,7 @@ def _ledger_verifiers(cfg: Config) -> list[Any]:
 
     pem = read_secret_file(cfg.path(cfg.ledger.key_file), file=cfg.source, key="ledger.key_file")
     try:
-        return [load_signer(cfg.node.name, pem).verifier()]
+        return [load_signer(ledger_origin(cfg), pem).verifier()]
     except ValueError as exc:
         raise ConfigError(cfg.source, "ledger.key_file", str(exc)) from None
 
@@ -351,6 +485,27 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+# -- cluster ---------------------------------------------------------------------------
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Through the running node's API; membership changes one at a time, each waited for."""
+    cfg = load_config(args.config)
+    if args.cluster_command == "status":
+        status, body = _admin_call(cfg, "GET", "/api/v1/cluster")
+        print(json.dumps(body, indent=2))
+        return 0 if status == 200 else 1
+    for address in args.addresses:
+        status, body = _admin_call(cfg, "POST", "/api/v1/cluster/members",
+                                   {"action": args.cluster_command, "address": address})
+        if status != 200:
+            _print_err(f"{args.cluster_command} {address} failed ({status}): {json.dumps(body)}")
+            return 1
+        print(f"{args.cluster_command} {address}: committed (term {body['status']['term']})")
+    print("set cluster.peers to the new member list in every member's ccn.toml (it is read at start)")
+    return 0
+
+
 # -- bench -----------------------------------------------------------------------------
 
 
@@ -379,6 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT of the API")
     p.add_argument("--name", default=None, help="node name (ledger origin); default random")
     p.add_argument("--force", action="store_true", help="overwrite an existing ccn.toml (keys are kept)")
+    p.add_argument("--raft-address", default=None, help="cluster: this node's raft HOST:PORT")
+    p.add_argument("--peer", action="append", default=[], help="cluster: a member's raft HOST:PORT (repeat)")
+    p.add_argument("--cluster-secret-file", default=None,
+                   help="cluster: the shared secret; copied into keys/, created first if FILE does not exist")
+    p.add_argument("--jwt-key-file", default=None,
+                   help="cluster: the shared JWT key (tokens valid on every node); copied in, or created")
+    p.add_argument("--ledger-key-file", default=None,
+                   help="cluster: the organisation's ledger key; copied in, or created")
+    p.add_argument("--cluster-name", default=None,
+                   help="cluster: the ledger origin (default derived from the ledger key)")
+    p.add_argument("--durability", choices=["fast", "fsync"], default="fsync", help="cluster: raft journal fsync")
     p.set_defaults(func=cmd_init)
 
     p = add("serve", "run the node")
@@ -414,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None)
     p.set_defaults(func=cmd_export)
 
+    p = add("verify", "full local audit: corpus rows vs ledger leaves, tree, blocks, signatures (read-only)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--serial", action="store_true", help="one process (default: the corpus check runs beside)")
+    p.set_defaults(func=cmd_verify)
+
     p = add("backup", "write a verified online backup now (works while the node runs)")
     p.add_argument("--output", default=None, help="write this one file instead of DATA/backups (no rotation)")
     p.add_argument("--key-file", default=None, help="encrypt with this key file (default backup.key_file)")
@@ -440,12 +611,25 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", default=argparse.SUPPRESS)
     p.set_defaults(func=cmd_user)
 
+    p = add("cluster", "cluster status and membership (through the running node's API, admin token)")
+    cluster_sub = p.add_subparsers(dest="cluster_command", required=True)
+    cluster_sub.add_parser("status", help="role, term, leader, indexes, peers and their lag")
+    q = cluster_sub.add_parser("add", help="add members, one change at a time")
+    q.add_argument("addresses", nargs="+", metavar="HOST:PORT")
+    q = cluster_sub.add_parser("remove", help="remove members, one change at a time")
+    q.add_argument("addresses", nargs="+", metavar="HOST:PORT")
+    for q in cluster_sub.choices.values():
+        q.add_argument("--config", default=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_cluster)
+
     p = add("bench", "run a benchmark and print its figures")
-    p.add_argument("what", choices=["retrieval", "context", "turn", "startup", "ledger", "continuity", "all"])
+    p.add_argument("what", choices=["retrieval", "context", "turn", "startup", "ledger", "continuity", "cluster",
+                                    "all"])
     p.add_argument("--locomo", default=None, help="LoCoMo-format JSON file (bench retrieval)")
     p.add_argument("--budget", type=int, default=2000)
     p.add_argument("--sizes", default="10000,100000", help="corpus sizes for bench context (comma separated)")
     p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--data-dir", default=None, help="bench context: keep generated corpora here and reuse them")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

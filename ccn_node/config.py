@@ -138,6 +138,57 @@ class RetentionSettings(_Section):
     enabled: bool = True
 
 
+class FederationPeer(_Section):
+    """One pinned organisation (ledger/DESIGN.md "Federation")."""
+
+    origin: str                    # the origin line of its checkpoints (its [node] name)
+    vkeys: list[str]               # C2SP vkeys of its ledger key; several while a key rotates
+    url: str = ""                  # base URL of its API; "" = only checked through gossip and its pushes
+    witness_vkeys: list[str] = []  # cosignature/v1 vkeys of its nodes (they witness us and the others)
+
+
+class FederationSettings(_Section):
+    peers: list[FederationPeer] = []
+    pull_interval_s: float = 30.0
+    request_timeout_s: float = 5.0
+    witnesses_required: int = 1    # k: a peer's checkpoint is witnessed when k of its witnesses cosigned it ...
+    max_age_s: float = 3600.0      # ... within this many seconds
+    witness_key_file: str = "keys/witness.ed25519"  # this node's own cosigning key (never shared)
+    witness_name: str = ""         # "" = "<node.name>/witness"
+    database: str = "witness.sqlite3"  # node-local witness state (never replicated, never restored)
+
+
+class ClusterConfig(_Section):
+    """Raft among peer nodes (replication/raft_log.py, DESIGN.md "Raft"); no peers = one node.
+
+    Tunables left unset take ``ClusterSettings``' defaults, chosen and measured there.
+    """
+
+    address: str = ""  # this node's raft HOST:PORT, exactly as the peers list it
+    peers: list[str] = []  # every member's raft HOST:PORT, identical on every node (self may be listed)
+    secret_file: str = ""  # shared secret (pysyncobj password), mode 0600; required with peers
+    name: str = ""  # the organisation's ledger origin, identical on every node; required with peers
+    bind_address: str = ""  # default: address (never all interfaces)
+    durability: Literal["fast", "fsync"] = "fsync"
+    heartbeat_s: float | None = None
+    election_min_s: float | None = None
+    election_max_s: float | None = None
+    leader_fallback_s: float | None = None
+    connection_timeout_s: float | None = None
+    connect_retry_s: float | None = None
+    max_in_flight: int | None = None
+    commands_queue_size: int | None = None
+    compaction_min_entries: int | None = None
+    compaction_min_time_s: float | None = None
+    max_batch_bytes: int | None = None
+    max_batch_commands: int | None = None
+    tick_wait_s: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.peers)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
@@ -151,6 +202,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     backup: BackupSettings = msgspec.field(default_factory=BackupSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    federation: FederationSettings = msgspec.field(default_factory=FederationSettings)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     # Set by load_config, not read from the file.
     source: str = ""
@@ -243,6 +296,8 @@ def _check(cfg: Config, file: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", cfg.node.name):
         raise ConfigError(file, "node.name", "letters, digits, '.', '_', '-', '/'; 1 to 100 characters")
     parse_listen(cfg.node.listen, file=file, key="node.listen")
+    _check_cluster(cfg.cluster, file)
+    _check_federation(cfg, file)
     for model, prices in cfg.model.pricing.items():
         for name, price in prices.items():
             if name not in ("input", "output", "cache_write", "cache_read"):
@@ -251,6 +306,84 @@ def _check(cfg: Config, file: str) -> None:
                 )
             if price < 0:
                 raise ConfigError(file, f"model.pricing.{model}.{name}", "must be 0 or more")
+
+
+def _check_federation(cfg: Config, file: str) -> None:
+    """Every pinned key must parse, be of the right type and carry the right name."""
+    from ccn_node.ledger.note import ALG_COSIGNATURE_V1, ALG_ED25519, NoteError, parse_vkey, valid_key_name
+
+    fed = cfg.federation
+    for key, value in (("federation.pull_interval_s", fed.pull_interval_s),
+                       ("federation.request_timeout_s", fed.request_timeout_s),
+                       ("federation.max_age_s", fed.max_age_s)):
+        if value <= 0:
+            raise ConfigError(file, key, f"must be greater than 0, got {value}")
+    if fed.witnesses_required < 0:
+        raise ConfigError(file, "federation.witnesses_required", "must be 0 or more")
+    if fed.witness_name and not valid_key_name(fed.witness_name):
+        raise ConfigError(file, "federation.witness_name", "a key name: no spaces, no '+'")
+    seen: set[str] = set()
+    for i, peer in enumerate(fed.peers):
+        where = f"federation.peers[{i}]"
+        if not valid_key_name(peer.origin):
+            raise ConfigError(file, f"{where}.origin", "an origin: non-empty, no spaces, no '+'")
+        if peer.origin == cfg.node.name:
+            raise ConfigError(file, f"{where}.origin", "is this node's own origin")
+        if peer.origin in seen:
+            raise ConfigError(file, f"{where}.origin", f"{peer.origin!r} is pinned twice")
+        seen.add(peer.origin)
+        if peer.url and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", peer.url):
+            raise ConfigError(file, f"{where}.url", "expected http(s)://HOST:PORT")
+        if not peer.vkeys:
+            raise ConfigError(file, f"{where}.vkeys", "needs at least one C2SP vkey")
+        for kind, keys, alg in (("vkeys", peer.vkeys, ALG_ED25519), ("witness_vkeys", peer.witness_vkeys,
+                                                                       ALG_COSIGNATURE_V1)):
+            for j, text in enumerate(keys):
+                try:
+                    v = parse_vkey(text)
+                except NoteError as exc:
+                    raise ConfigError(file, f"{where}.{kind}[{j}]", str(exc)) from None
+                if v.alg != alg:
+                    raise ConfigError(file, f"{where}.{kind}[{j}]", f"expected a key of type 0x{alg:02x}")
+                if kind == "vkeys" and v.name != peer.origin:
+                    raise ConfigError(file, f"{where}.{kind}[{j}]", f"key name {v.name!r} is not the origin")
+
+
+def _check_cluster(cl: ClusterConfig, file: str) -> None:
+    """A member needs its own address, a secret and the org's ledger origin; refuse without."""
+    if not cl.peers:
+        return
+    if not cl.address:
+        raise ConfigError(file, "cluster.address", "required when cluster.peers is set (this node's raft HOST:PORT)")
+    parse_listen(cl.address, file=file, key="cluster.address")
+    for i, peer in enumerate(cl.peers):
+        parse_listen(peer, file=file, key=f"cluster.peers[{i}]")
+    if cl.bind_address:
+        parse_listen(cl.bind_address, file=file, key="cluster.bind_address")
+    if not cl.secret_file:
+        raise ConfigError(file, "cluster.secret_file", "required when cluster.peers is set: pysyncobj unpickles what"
+                          " it receives, so a raft port without a shared secret lets anyone run code on this node")
+    if not cl.name:
+        raise ConfigError(file, "cluster.name", "required when cluster.peers is set: the organisation's ledger"
+                          " origin, identical on every node (checkpoints are signed inside apply)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", cl.name):
+        raise ConfigError(file, "cluster.name", "letters, digits, '.', '_', '-', '/'; 1 to 100 characters")
+
+
+def cluster_secret(cfg: Config) -> str:
+    """The cluster secret (pysyncobj password) from cluster.secret_file; refuses a short one."""
+    raw = read_secret_file(cfg.path(cfg.cluster.secret_file), file=cfg.source, key="cluster.secret_file").strip()
+    if len(raw) < 16 or len(set(raw)) < 8:
+        raise ConfigError(cfg.source, "cluster.secret_file", "the cluster secret must be at least 16 random bytes")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(cfg.source, "cluster.secret_file", "the cluster secret must be text (e.g. base64)") from None
+
+
+def ledger_origin(cfg: Config) -> str:
+    """The ledger's origin name: the organisation's cluster.name in a cluster, else node.name."""
+    return cfg.cluster.name if cfg.cluster.enabled else cfg.node.name
 
 
 def config_from_dict(data: dict[str, Any], file: str = "<config>") -> Config:

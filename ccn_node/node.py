@@ -8,6 +8,7 @@ and the HTTP server, then tells systemd it is ready.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 import time
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ccn_node.api.app import create_app
 from ccn_node.api.auth import TokenAuthority
@@ -24,11 +27,14 @@ from ccn_node.clock import now_iso
 from ccn_node.config import (
     Config,
     ConfigError,
+    cluster_secret,
     jwt_secret,
+    ledger_origin,
     model_api_key,
     parse_listen,
     previous_jwt_secrets,
     read_secret_file,
+    write_secret_file,
 )
 from ccn_node.continuity.consensus_service import ConsensusService
 from ccn_node.continuity.context import ContextAssembler
@@ -36,16 +42,22 @@ from ccn_node.continuity.conversation import ConversationService, TurnHooks, Tur
 from ccn_node.continuity.instances import InstanceManager, SpawnRecord
 from ccn_node.continuity.plate import Plate, PlateError, load_plate
 from ccn_node.continuity.retention import RetentionService
+from ccn_node.ledger.chain import last_block
+from ccn_node.ledger.federation import Federation
 from ccn_node.ledger.ledger import Ledger, load_signer
+from ccn_node.ledger.note import CosignatureSigner, parse_vkey
 from ccn_node.ledger.schema import ledger_schema_sql
+from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.ledger.witness import PinnedLog, Witness, WitnessStore
 from ccn_node.llm.base import ModelBackend
 from ccn_node.llm.factory import ModelSettings, make_backend
 from ccn_node.monitoring import Monitoring
 from ccn_node.replication import commands as c
 from ccn_node.replication.block_sealer import BlockSealer
 from ccn_node.replication.local_log import LocalLog
-from ccn_node.replication.log import CommandLog
-from ccn_node.replication.proposer import Proposer
+from ccn_node.replication.log import CommandLog, CommandLogError
+from ccn_node.replication.proposer import CommandRejected, Proposer
+from ccn_node.replication.raft_log import ClusterSettings, RaftLog
 from ccn_node.replication.state_machine import StateMachine
 from ccn_node.sd_notify import notify, watchdog_interval
 from ccn_node.store import queries
@@ -110,13 +122,25 @@ class Node:
             raise StartupError(str(exc)) from None
         key_file = cfg.path(cfg.ledger.key_file)
         try:
-            signer = load_signer(cfg.node.name, read_secret_file(key_file, file=cfg.source, key="ledger.key_file"))
+            signer = load_signer(ledger_origin(cfg), read_secret_file(key_file, file=cfg.source, key="ledger.key_file"))
         except ValueError as exc:
             raise ConfigError(cfg.source, "ledger.key_file", f"cannot load the ledger key {key_file}: {exc}") from None
         self.ledger = Ledger(self.store.writer, signer)
         self.tree = self.ledger.tree
+        self.federation = self._federation(signer)
         self.state_machine = StateMachine(self.store.writer, ledger=self.ledger)
-        self.log: CommandLog = LocalLog(self.state_machine)
+        self.cluster = cluster_settings(cfg)
+        # Set when the node must exit non-zero (raft fail-stop, keys that differ from the cluster's).
+        self.failure: str | None = None
+        self.failed = asyncio.Event()
+        self._key_fingerprint = hashlib.sha256(signer.vkey().encode()).hexdigest()[:32]
+        self.joined = self.cluster is None  # cluster start-up duties done (plate, key check)
+        if self.cluster is None:
+            self.log: CommandLog = LocalLog(self.state_machine)
+        else:
+            raft = RaftLog(self.state_machine, self.cluster)
+            raft.add_fatal_listener(lambda exc: self.fail(f"the raft log stopped this node: {exc}"))
+            self.log = raft
         self.proposer = Proposer(self.log, cfg.limits.propose_timeout_s)
         self.sealer = BlockSealer(self.store, self.proposer, every_entries=cfg.ledger.block_entries,
                                   every_seconds=cfg.ledger.block_seconds)
@@ -136,7 +160,7 @@ class Node:
         # scrape time): seconds since the last verified backup (None = none yet), and the
         # witness view of the ledger, e.g. {"witnesses": n, "cosigned_size": s, "fork_detected": 0|1}.
         self.backup_age_s: Callable[[], float | None] = lambda: None
-        self.witness_status: Callable[[], dict[str, float]] = lambda: {}
+        self.witness_status: Callable[[], dict[str, float]] = self._witness_status
         self.retention = RetentionService(self.store, self.proposer, default_days=cfg.retention.default_days,
                                           interval_s=cfg.retention.sweep_interval_s, is_leader=self.log.is_leader)
         self.backups: BackupService | None = None
@@ -197,7 +221,8 @@ class Node:
                 monitoring=self.monitoring,
                 readiness=self.readiness,
                 extra={"instances": self.instances, "consensus": self.consensus, "ops": self.ops_status,
-                       "retention": self.retention, "backups": self.backups},
+                       "retention": self.retention, "backups": self.backups, "federation": self.federation,
+                       "ledger_vkey": signer.vkey()},
             )
         )
 
@@ -207,7 +232,10 @@ class Node:
         self.started_at = time.time()
         self.sealer.bind(asyncio.get_running_loop())
         await self.log.start()
-        await self._record_plate()
+        if self.cluster is None:
+            await self._record_plate()
+        else:  # a follower may start before there is a leader: never block start-up on it
+            self._tasks.append(asyncio.create_task(self._join_cluster()))
         self.instances.start()
         if self.cfg.retention.enabled:
             self.retention.start()
@@ -221,6 +249,7 @@ class Node:
             server = self._site._server  # private: the only way to read the bound port
             if server is not None and server.sockets:
                 self.port = server.sockets[0].getsockname()[1]
+        await self.federation.start()
         interval = watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
@@ -237,6 +266,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await self.sealer.stop()
+        await self.federation.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.consensus.stop()
@@ -247,12 +277,114 @@ class Node:
         await self.log.stop()
         await self.backend.aclose()
         self.store.close()
+        self.federation.witness.store.close()
         self.db_lock.release()
+
+    def _federation(self, signer: Any) -> Federation:
+        """This node as a witness of its pinned peers (ledger/DESIGN.md "Federation").
+
+        The cosigning key is the node's own (``federation.witness_key_file``, created on first
+        start), never the organisation's shared ledger key: each node is one witness with one
+        linear view, so a key never vouches for two views (see "Witness state").
+        """
+        cfg = self.cfg
+        fed = cfg.federation
+        key_file = cfg.path(fed.witness_key_file)
+        if not key_file.exists():
+            write_secret_file(key_file, Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key = serialization.load_pem_private_key(
+            read_secret_file(key_file, file=cfg.source, key="federation.witness_key_file"), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(cfg.source, "federation.witness_key_file", "not an Ed25519 private key")
+        cosigner = CosignatureSigner(fed.witness_name or f"{cfg.node.name}/witness", key)
+        logs = {p.origin: PinnedLog(p.origin, tuple(parse_vkey(v) for v in p.vkeys), p.url.rstrip("/"),
+                                    tuple(parse_vkey(v) for v in p.witness_vkeys))  # type: ignore[misc]
+                for p in fed.peers}
+        witness = Witness(WitnessStore(cfg.path(fed.database), synchronous=cfg.storage.synchronous), cosigner, logs)
+
+        async def own_checkpoint() -> str | None:
+            block = await self.store.read(last_block)
+            return None if block is None else block.checkpoint
+
+        async def own_proof(size1: int, size2: int) -> list[bytes]:
+            return await self.store.read(lambda conn: MerkleTree(conn).consistency_proof(size1, size2))
+
+        async def own_root(size: int) -> bytes | None:
+            def run(conn: Any) -> bytes | None:
+                tree = MerkleTree(conn)
+                return tree.root(size) if size <= tree.size() else None
+
+            return await self.store.read(run)
+
+        return Federation(witness, origin=ledger_origin(cfg), own_verifiers=[signer.verifier()],
+                          own_checkpoint=own_checkpoint, own_proof=own_proof, own_root=own_root,
+                          interval_s=fed.pull_interval_s, timeout_s=fed.request_timeout_s,
+                          witnesses_required=fed.witnesses_required, max_age_s=fed.max_age_s)
+
+    def _witness_status(self) -> dict[str, float]:
+        """The ccn_witness_status gauge: cosignatures on our latest checkpoint, its size, forks."""
+        block = self.store.read_sync(last_block)
+        out = {"witnesses": 0.0, "cosigned_size": 0.0,
+               "fork_detected": float(bool(self.federation.witness.store.forked_origins()))}
+        if block is not None:
+            n = len(self.federation.witness.store.cosignatures(block.tree_size, block.root))
+            out.update(witnesses=float(n), cosigned_size=float(block.tree_size if n else 0))
+        return out
 
     async def _watchdog(self, interval: float) -> None:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    def fail(self, reason: str) -> None:
+        """Stop serving and exit non-zero (run_until_signalled); a restart replays the journal."""
+        if self.failure is None:
+            log.critical("node %s stops: %s", self.cfg.node.name, reason)
+            self.failure = reason
+        self.failed.set()
+
+    async def _join_cluster(self) -> None:
+        """Cluster start-up duties that need a leader, retried until done; readiness stays false."""
+        while not self._stopping:
+            try:
+                await self._check_cluster_keys()
+                await self._record_plate()
+            except CommandLogError as exc:
+                log.info("waiting for the cluster: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            except StartupError as exc:
+                self.fail(str(exc))
+                return
+            self.joined = True
+            log.info("node %s joined the cluster", self.cfg.node.name)
+            return
+
+    async def _check_cluster_keys(self) -> None:
+        """Refuse to run with a ledger key or origin other than the cluster's.
+
+        The first member to start records a fingerprint of its ledger verifier key (origin +
+        public key) through the log as a Noop's request id; every member compares its own with
+        the first one recorded. Checkpoints are signed inside apply, so a differing key would
+        make this node's ledger differ from the others'.
+        """
+        ours = _KEYS_PREFIX + self._key_fingerprint
+        await self.log.barrier(self.cfg.limits.propose_timeout_s)
+        first = await self.store.read(_first_key_record)
+        if first is None:
+            try:
+                await self.proposer.submit(c.Noop(request_id=ours))
+            except CommandRejected as exc:
+                raise StartupError(f"cannot record the cluster key fingerprint: {exc}") from None
+            first = await self.store.read(_first_key_record)
+        if first != ours:
+            raise StartupError(
+                f"this node's ledger key or cluster.name differ from the cluster's (fingerprint"
+                f" {ours[len(_KEYS_PREFIX):]}, the cluster recorded {str(first)[len(_KEYS_PREFIX):]}):"
+                " copy keys/node.ed25519 from a member"
+                " (ccn-node init --ledger-key-file) and use the same cluster.name"
+            )
 
     async def _record_plate(self) -> None:
         current = await self.store.read(queries.current_plate)
@@ -268,6 +400,10 @@ class Node:
         )
         try:
             await self.proposer.submit(cmd)
+        except CommandLogError:
+            if self.cluster is None:
+                raise StartupError("cannot record THE PLATE: the command log failed") from None
+            raise  # a cluster member retries until there is a leader
         except Exception as exc:
             raise StartupError(f"cannot record THE PLATE: {exc}") from None
 
@@ -301,13 +437,16 @@ class Node:
             "command_log": status.has_quorum,
             "model_backend": self.backend.configured(),
             "serving": self.ready_at is not None and not self._stopping,
+            "cluster_joined": self.joined and self.failure is None,
         }
         return {
             "ready": all(checks.values()),
             "checks": checks,
             "node": self.cfg.node.name,
             "model": self.backend.describe(),
-            "log": {"kind": status.kind, "role": status.role, "applied_index": status.applied_index},
+            "log": {"kind": status.kind, "role": status.role, "term": status.term, "leader": status.leader,
+                    "has_quorum": status.has_quorum, "commit_index": status.commit_index,
+                    "applied_index": status.applied_index},
         }
 
     def _on_spawn(self, spawn: SpawnRecord) -> None:
@@ -345,11 +484,21 @@ class Node:
                                   lambda: {"": float(self.log.status().term)})
         self.monitoring.add_state("ccn_raft_commit_index", "Highest command log index known committed",
                                   lambda: {"": float(self.log.status().commit_index)})
+        self.monitoring.add_state("ccn_raft_applied_index", "Highest command log index applied on this node",
+                                  lambda: {"": float(self.log.status().applied_index)})
         self.monitoring.add_state("ccn_raft_peers_connected", "Peers this node is connected to",
                                   lambda: {"": float(sum(p.connected for p in self.log.status().peers))})
         self.monitoring.add_state("ccn_witness_status", "Witness view of the ledger (node.witness_status hook)",
                                   lambda: {k: float(v) for k, v in
                                            ({"witnesses": 0.0, "fork_detected": 0.0} | self.witness_status()).items()})
+        self.monitoring.add_state("ccn_ledger_forks", "Confirmed forks of pinned logs (fork evidence kept)",
+                                  lambda: {"": float(sum(f.confirmed for f in self.federation.witness.store.forks()))})
+        self.monitoring.add_state("ccn_federation_peer_up", "Pinned peer answered the last federation round (1/0)",
+                                  lambda: {s["origin"]: float(bool(s["reachable"]))
+                                           for s in self.federation.peer_status()})
+        self.monitoring.add_state("ccn_federation_peer_witnessed",
+                                  "Peer checkpoint cosigned by k of its witnesses within max age (1/0)",
+                                  lambda: {s["origin"]: float(s["witnessed"]) for s in self.federation.peer_status()})
         self.monitoring.add_state("ccn_backup_age_seconds", "Seconds since the last verified backup; -1 = none",
                                   lambda: {"": _or_minus_one(self.backup_age_s())})
 
@@ -371,6 +520,37 @@ class Node:
         }
 
 
+_KEYS_PREFIX = "cluster-keys:"
+
+
+def _first_key_record(conn: Any) -> str | None:
+    rows = conn.execute(
+        "SELECT request_id FROM applied_requests WHERE request_id LIKE 'cluster-keys:%' ORDER BY log_index LIMIT 1"
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def cluster_settings(cfg: Config) -> ClusterSettings | None:
+    """``[cluster]`` → ClusterSettings (None without peers); a setting raft refuses names the key."""
+    cl = cfg.cluster
+    if not cl.enabled:
+        return None
+    tunables = ("heartbeat_s", "election_min_s", "election_max_s", "leader_fallback_s", "connection_timeout_s",
+                "connect_retry_s", "max_in_flight", "commands_queue_size", "compaction_min_entries",
+                "compaction_min_time_s", "max_batch_bytes", "max_batch_commands", "tick_wait_s")
+    settings = ClusterSettings(
+        self_address=cl.address, peers=list(cl.peers), secret=cluster_secret(cfg), data_dir=str(cfg.data_dir),
+        bind_address=cl.bind_address or None, durability=cl.durability,
+        propose_timeout_s=cfg.limits.propose_timeout_s,
+        **{k: getattr(cl, k) for k in tunables if getattr(cl, k) is not None},
+    )
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise ConfigError(cfg.source, "cluster", str(exc)) from None
+    return settings
+
+
 def _one_hot(value: str, choices: tuple[str, ...]) -> dict[str, float]:
     return {choice: float(choice == value) for choice in choices}
 
@@ -390,6 +570,11 @@ async def run_until_signalled(node: Node) -> None:
     loop.add_signal_handler(signal.SIGHUP, node.reload)
     await node.start()
     try:
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.failed.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waits:
+            waiter.cancel()
     finally:
         await node.stop()
+    if node.failure is not None:
+        raise SystemExit(f"ccn-node: {node.failure}")

@@ -8,8 +8,10 @@ from aiohttp import web
 
 from ccn_node.api import (
     routes_admin,
+    routes_cluster,
     routes_conversation,
     routes_dashboard,
+    routes_ledger,
     routes_metrics,
     routes_search,
     routes_system,
@@ -48,7 +50,7 @@ def create_app(services: ApiServices, *extra_routes: web.RouteTableDef) -> web.A
     app[SERVICES] = services
     for table in (routes_system.routes, routes_conversation.routes, routes_search.routes, ws.routes,
                   routes_admin.routes, routes_metrics.routes, routes_dashboard.routes,
-                  routes_users.routes, *extra_routes):
+                  routes_users.routes, routes_ledger.routes, routes_cluster.routes, *extra_routes):
         app.add_routes(table)
     app.on_response_prepare.append(add_ratelimit_headers)
     return app

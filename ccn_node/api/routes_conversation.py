@@ -74,6 +74,10 @@ async def apply_consistency(request: web.Request, default: str = "local") -> Non
     if level == "local":
         return
     if level == "leader":
+        check = getattr(log, "check_leader_read", None)
+        if check is not None:  # RaftLog: NotLeaderError / NoQuorumError (leader lease) → 503
+            check()
+            return
         status = log.status()
         if not log.is_leader() or not status.has_quorum:
             raise ApiError(503, "not_leader", "this node is not a leader with a quorum", retry_after=1.0,

@@ -38,12 +38,13 @@ BENCH_PLATE = (
     b"# Claude\n\nYou are Claude, a careful and honest assistant. You remember the user's earlier"
     b" conversations through the context you are given, and you say so when you do not know.\n"
 )
-_FUNCTION_WORDS = (
+_FUNCTION_TEXT = (
     "the of and to a in is it you that he was for on are with as i his they be at one have this from or had by"
     " but some what there we can out other were all your when up use word how said an each she which do their"
     " time if will way about many then them would like so these her long make thing see him two has look more"
     " day could go come did my no most who over know than call first people may down side been now find"
-).split()
+)
+_FUNCTION_WORDS = _FUNCTION_TEXT.split()
 _ONSETS = ["", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
            "br", "ch", "cl", "dr", "fl", "gr", "pl", "pr", "sh", "sl", "st", "th", "tr"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "io"]

@@ -21,7 +21,7 @@ from ccn_node.continuity.plate import Plate
 from ccn_node.continuity.retrieval import RankParams, Turn, relevant_turns
 from ccn_node.llm.base import ChatMessage, ContextBlock
 
-__all__ = ["AssembledContext", "ContextAssembler", "DEFAULT_SHARES", "tokens_of"]
+__all__ = ["DEFAULT_SHARES", "AssembledContext", "ContextAssembler", "render_relevant", "render_state", "tokens_of"]
 
 # Section shares of the total budget when the plate gives no hint.
 DEFAULT_SHARES = {"state": 0.05, "recent": 0.45, "relevant": 0.35}

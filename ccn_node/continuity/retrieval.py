@@ -25,18 +25,20 @@ import apsw
 import msgspec
 
 __all__ = [
-    "RankParams",
     "QueryTerm",
+    "RankParams",
     "SearchHit",
     "Turn",
+    "doc_frequencies",
     "fts_query",
+    "owned_match",
+    "owner_token",
     "query_terms",
     "relevant_turns",
     "search",
 ]
 
-STOP_WORDS = frozenset(
-    """a about above after again against all also am an and any are aren't as at be because been
+_STOP_TEXT = """a about above after again against all also am an and any are aren't as at be because been
     before being below between both but by can can't cannot could couldn't did didn't do does doesn't
     doing don't down during each else ever few for from further get got had hadn't has hasn't have
     haven't having he he'd he'll he's her here here's hers herself him himself his how how's i i'd
@@ -47,8 +49,8 @@ STOP_WORDS = frozenset(
     they'd they'll they're they've this those through to too under until up upon us very was wasn't
     we we'd we'll we're we've were weren't what what's when when's where where's which while who
     who's whom why why's will with won't would wouldn't yes yet you you'd you'll you're you've your
-    yours yourself yourselves d ll m re s t ve hey hi hello yeah yep wow thanks thank""".split()
-)
+    yours yourself yourselves d ll m re s t ve hey hi hello yeah yep wow thanks thank"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
 # Answer-type cues: a "when" question is answered by a turn that says when, a "where" question
 # by one naming a place (a capitalised word inside the sentence), a "how many" by a number.
 _TEMPORAL = re.compile(
@@ -68,9 +70,10 @@ _ANSWER_TYPES: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
 )
 
 MAX_QUERY_CHARS = 4000  # a 10k-character message still gets its first 4k considered
-MAX_SCAN_TOKENS = 200
+MAX_SCAN_TOKENS = 200  # distinct tokens looked up in the vocabulary at most
 MIN_DF_CORPUS = 1000  # turns before very common terms are dropped from queries
-DF_CACHE_SIZE = 200_000  # cached document frequencies per reader connection  # distinct tokens looked up in the vocabulary at most
+DF_CACHE_SIZE = 200_000  # cached document frequencies per reader connection
+SEARCH_MAX_POSTINGS = 100_000  # search keeps the rarest terms up to this cost (always one)
 
 
 class RankParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,12 +82,12 @@ class RankParams(msgspec.Struct, frozen=True, kw_only=True):
     method: str = "fused"  # "fused", "bm25" or "recency"
     max_terms: int = 12  # rarest query terms kept
     max_df_share: float = 0.25  # terms in more than this share of all turns are dropped
-    max_postings: int = 50_000  # rarest terms kept while their document frequencies sum to this
+    max_postings: int = 20_000  # rarest terms kept while their document frequencies sum to this
     candidates: int = 300  # FTS5 candidates re-ranked
     session_weight: float = 0.6
     neighbour_weight: float = 0.5
     neighbour_span: int = 2
-    recency_weight: float = 0.05
+    recency_weight: float = 0.02
     speaker_weight: float = 0.8
     feedback_docs: int = 8  # pseudo-relevance feedback: top turns read for expansion terms
     feedback_terms: int = 10
@@ -268,28 +271,6 @@ def owned_match(user_id: str, terms: Iterable[QueryTerm]) -> str:
     return f'owner : "{owner_token(user_id)}" AND content : ({fts_query(terms)})'
 
 
-def owner_token(user_id: str) -> str:
-    """The user's token in the index's ``owner`` column (see MIGRATION_3 in store/schema.py)."""
-    return "o" + user_id.encode("utf-8", "surrogatepass").hex() + "z" * 64
-
-
-def owned_match(user_id: str, terms: Iterable[QueryTerm]) -> str:
-    """``owner : "<user>" AND content : (terms)``: FTS5 itself skips other users' rows."""
-    return f'owner : "{owner_token(user_id)}" AND content : ({fts_query(terms)})'
-
-
-def prefix_terms(terms: Iterable[QueryTerm], min_chars: int = 7) -> list[QueryTerm]:
-    """Truncated forms of long terms, so "allergies" also finds "allergic" and "entrepreneurial"
-    finds "entrepreneur": derivations the porter stemmer keeps apart."""
-    out: dict[str, QueryTerm] = {}
-    for t in terms:
-        low = t.surface.lower()
-        if len(low) >= min_chars and low.isalpha():
-            cut = low[: max(5, len(low) - 4)]
-            out.setdefault(cut, QueryTerm(cut, cut, t.df))
-    return list(out.values())
-
-
 # -- retrieval -----------------------------------------------------------------------------
 
 _CANDIDATES_SQL = """
@@ -371,6 +352,8 @@ def relevant_turns(
     )
     named = {t.stem for t in terms if t.surface.lower() in speakers}
     content_terms = [t for t in terms if t.stem not in named] or terms
+    # No more candidates than the caller can use: the cost of the rest is all fetch and Python.
+    p = msgspec.structs.replace(p, candidates=min(p.candidates, max(limit, 100)))
     cands = _candidates(conn, user_id, content_terms, p.candidates, exclude_ids)
     if not cands:
         return []
@@ -451,7 +434,9 @@ def _fuse(
     coverage = {sid: sum(idf[s] for s in stems) / idf_sum for sid, stems in matched.items()}
 
     if p.feedback_terms and p.feedback_weight:
-        first = sorted(cands.values(), key=lambda t: -(lexical[t.message_id] + p.session_weight * coverage[t.session_id]))
+        first = sorted(
+            cands.values(), key=lambda t: -(lexical[t.message_id] + p.session_weight * coverage[t.session_id])
+        )
         extra = _expansion(conn, first[: p.feedback_docs], set(idf), named, p.feedback_terms, p.max_postings)
         _add_channel(cands, lexical, _candidates(conn, user_id, extra, p.candidates, exclude_ids), p.feedback_weight)
 
@@ -507,20 +492,34 @@ ORDER BY s, m.rowid LIMIT ? OFFSET ?
 """
 
 
+_PHRASE_SQL = """
+SELECT m.message_id, m.session_id, m.seq, m.created_at, m.role,
+       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, 0.0 AS s
+FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
+WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
+ORDER BY messages_fts.rowid DESC LIMIT ? OFFSET ?
+"""
+
+
 def search(conn: apsw.Connection, user_id: str, q: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
     """Full-text search over one user's messages; any string is safe and treated as text.
 
-    All non-stop-word terms are ORed (BM25 favours turns holding more of them); a query made
-    only of stop-words searches for them, so "to be or not to be" still finds something.
+    The rarest non-stop-word terms are ORed and ranked by BM25 (more of them ranks higher).
+    A query made only of stop-words ("to be or not to be") is searched as an exact phrase,
+    newest first with score 0: ranking by BM25 would walk posting lists of half the corpus.
     """
-    terms = query_terms(conn, q, max_terms=32)
-    if not terms:
-        terms = [QueryTerm(s, st, 0) for s, st in dict.fromkeys(_tokens(conn, q, apsw.FTS5_TOKENIZE_QUERY))][:32]
-    if not terms:
-        return []
     limit = max(0, min(int(limit), 1000))
     offset = max(0, int(offset))
-    rows = conn.execute(_SEARCH_SQL, (owned_match(user_id, terms), user_id, limit, offset)).fetchall()
+    terms = query_terms(conn, q, max_terms=32, max_postings=SEARCH_MAX_POSTINGS)
+    if terms:
+        rows = conn.execute(_SEARCH_SQL, (owned_match(user_id, terms), user_id, limit, offset)).fetchall()
+    else:
+        words = [surface for surface, _ in _tokens(conn, q, apsw.FTS5_TOKENIZE_QUERY)][:32]
+        if not words:
+            return []
+        phrase = '"' + " ".join(words).replace('"', '""') + '"'
+        match = f'owner : "{owner_token(user_id)}" AND content : {phrase}'
+        rows = conn.execute(_PHRASE_SQL, (match, user_id, limit, offset)).fetchall()
     return [
         SearchHit(message_id=r[0], session_id=r[1], seq=r[2], created_at=r[3], role=r[4], snippet=r[5], score=-r[6])
         for r in rows

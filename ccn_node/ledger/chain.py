@@ -40,6 +40,7 @@ __all__ = [
     "Problem",
     "audit",
     "block_hash",
+    "blocks_after",
     "canonical_json",
     "get_block",
     "insert_block",
@@ -169,6 +170,13 @@ def last_block(conn: apsw.Connection) -> Block | None:
     """The newest block, or None before the first seal."""
     row = conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM verification_chain ORDER BY block_number DESC LIMIT 1").fetchone()
     return None if row is None else _row_block(row)
+
+
+def blocks_after(conn: apsw.Connection, after: int, limit: int) -> list[Block]:
+    """Up to ``limit`` blocks numbered above ``after``, oldest first (the blocks API)."""
+    return [_row_block(r) for r in conn.execute(
+        f"SELECT {_BLOCK_COLUMNS} FROM verification_chain WHERE block_number > ? ORDER BY block_number LIMIT ?",
+        (after, limit))]
 
 
 def get_block(conn: apsw.Connection, block_number: int) -> Block | None:

@@ -39,3 +39,46 @@ CREATE TABLE IF NOT EXISTS ledger_signed(
 def ledger_schema_sql() -> str:
     """CREATE TABLE/INDEX IF NOT EXISTS statements for every ledger table."""
     return _SCHEMA
+
+
+# The witness's tables live in their own file (``federation.database``), never in the
+# replicated corpus database: a Raft snapshot, a backup restore or a point-in-time restore
+# of the corpus must not roll a witness's view back, or it could cosign a checkpoint that
+# contradicts one it cosigned before.
+_WITNESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS witness_heads(
+    origin     TEXT PRIMARY KEY,
+    tree_size  INTEGER NOT NULL,
+    root       BLOB    NOT NULL,
+    note       TEXT    NOT NULL,
+    source     TEXT    NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS witness_forks(
+    id          INTEGER PRIMARY KEY,
+    origin      TEXT    NOT NULL,
+    pair        TEXT    NOT NULL UNIQUE,
+    note_a      TEXT    NOT NULL,
+    note_b      TEXT    NOT NULL,
+    proof       TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    confirmed   INTEGER NOT NULL,
+    sources     TEXT    NOT NULL,
+    detected_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS witness_forks_origin ON witness_forks(origin);
+CREATE TABLE IF NOT EXISTS witness_cosignatures(
+    witness   TEXT    NOT NULL,
+    key_id    BLOB    NOT NULL,
+    tree_size INTEGER NOT NULL,
+    root      BLOB    NOT NULL,
+    line      TEXT    NOT NULL,
+    timestamp INTEGER NOT NULL,
+    PRIMARY KEY (witness, key_id)
+) WITHOUT ROWID;
+"""
+
+
+def witness_schema_sql() -> str:
+    """The node-local witness tables: heads of peer logs, fork evidence, cosignatures collected."""
+    return _WITNESS_SCHEMA

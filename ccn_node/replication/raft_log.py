@@ -15,6 +15,10 @@ pysyncobj lacks for a database behind it:
 - **snapshots** through pysyncobj's serializer hooks: a consistent SQLite backup (taken on a
   background thread, so heartbeats keep flowing) plus pysyncobj's raft data in one file;
   a restored snapshot replaces the database only if the database is behind it;
+- **batching**: proposals queue on the event loop; the tick thread drains them at the start
+  of each tick into *one* ``commands.Batch`` entry (barriers share one empty entry), so the
+  per-entry cost of pysyncobj (pickle, zlib, Fernet, one append_entries) is paid once per
+  tick instead of once per command;
 - **proposals** that retry on their own while the outcome is certain not to have happened
   or is made harmless by the state machine's request-id dedup, and otherwise end in the
   errors of ``log.py``.
@@ -32,6 +36,7 @@ ones — every existing journal and snapshot would then replay into the wrong me
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -49,8 +54,10 @@ from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, repli
 from pysyncobj.journal import Journal, MetaStorer
 from pysyncobj.node import TCPNode
 from pysyncobj.pickle import dumps as pysyncobj_dumps
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
+from ccn_node.replication import commands as c
 from ccn_node.replication.log import (
     ApplyResult,
     BackpressureError,
@@ -81,6 +88,7 @@ _PRIVATE_ATTRS = (
     "_SyncObj__lastResponseTime",
     "_SyncObj__noopIDx",
     "_SyncObj__raftNextIndex",
+    "_poller",
 )
 
 
@@ -107,9 +115,11 @@ class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     propose_timeout_s: float = 10.0
     compaction_min_entries: int = 50_000
     compaction_min_time_s: float = 3600.0
-    append_batch_bytes: int = 1 << 16
+    append_batch_bytes: int = 4 << 20  # > any one entry: pysyncobj's chunked path for bigger ones is broken
     bind_retries: int = 20
     tick_wait_s: float = 0.02
+    max_batch_bytes: int = 1 << 19  # one Batch entry holds at most this many encoded bytes …
+    max_batch_commands: int = 1024  # … and this many commands
 
     def validate(self) -> None:
         """Refuse settings that are unsafe, whatever pysyncobj would accept."""
@@ -124,6 +134,10 @@ class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("connection_timeout_s must be >= election_max_s")
         if self.max_in_flight < 1 or self.commands_queue_size < self.max_in_flight:
             raise ValueError("need 1 <= max_in_flight <= commands_queue_size")
+        if self.max_batch_commands < 1 or self.max_batch_bytes < 1024:
+            raise ValueError("need max_batch_commands >= 1 and max_batch_bytes >= 1024")
+        if self.append_batch_bytes < 2 * self.max_batch_bytes:
+            raise ValueError("need append_batch_bytes >= 2 * max_batch_bytes")
 
     def others(self) -> list[str]:
         return [p for p in dict.fromkeys(self.peers) if p != self.self_address]
@@ -140,7 +154,7 @@ class RaftStateMachine(Protocol):
 
     def begin(self) -> None: ...
 
-    def apply(self, index: int, entry: bytes) -> ApplyResult: ...
+    def apply_entry(self, index: int, entry: bytes) -> list[ApplyResult]: ...
 
     def commit(self) -> None: ...
 
@@ -274,7 +288,7 @@ class _RaftNode(SyncObj):
         super().__init__(self_address, others, conf, transportClass=_AckHoldingTransport)
 
     @replicated
-    def apply_entry(self, entry: bytes) -> ApplyResult | None:
+    def apply_entry(self, entry: bytes) -> list[ApplyResult] | None:
         return self._bridge._apply_on_tick(entry)
 
 
@@ -341,6 +355,10 @@ class RaftLog:
         self._lease_until = 0.0
         self._leader_flag = False
         self.counters: dict[str, int] = {"ticks": 0, "snapshots_written": 0, "snapshots_installed": 0}
+        # proposals waiting for the next tick: appended on the loop, drained on the tick thread
+        self._pending: collections.deque[tuple[_Proposal, int]] = collections.deque()
+        self._wake_pending = False
+        self._wake_fds: tuple[int, int] | None = None
         # loop-thread state
         self._in_flight: set[_Proposal] = set()
         self._leader_waiters: set[_Proposal] = set()
@@ -375,6 +393,11 @@ class RaftLog:
         """Commit ``entry`` through the leader; resolve once applied and committed here."""
         if not entry:
             raise ValueError("an empty entry is reserved for barrier()")
+        if len(entry) > self.settings.append_batch_bytes // 2:
+            # pysyncobj splits an entry >= appendEntriesBatchSizeBytes into chunks, and its
+            # reassembly is broken (0.3.17): followers could never accept it. Refuse up front.
+            raise CommandLogError(f"the command is too large for the raft log ({len(entry)} bytes)",
+                                  request_id=request_id)
         return await self._propose(entry, request_id, timeout)
 
     async def barrier(self, timeout: float | None = None) -> None:
@@ -411,6 +434,41 @@ class RaftLog:
         failed during apply). The process should exit; a restart replays the journal."""
         self._fatal_listeners.append(callback)
 
+    async def change_membership(self, action: Literal["add", "remove"], address: str, timeout: float = 30.0) -> None:
+        """Add or remove one member through the log (pysyncobj dynamic membership); returns once
+        the change is applied on this node. One change at a time: a second one while the first
+        is uncommitted is refused (ValueError), as is adding a member or removing a stranger."""
+        raft = self._raft
+        if raft is None or self._stopped or self._fatal is not None:
+            raise LogStoppedError("the raft log is not running")
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {address!r}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+
+        def done(result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(lambda: None if future.done() else future.set_result(error))
+
+        if action == "add":
+            raft.addNodeToCluster(address, callback=done)
+        else:
+            raft.removeNodeFromCluster(address, callback=done)
+        try:
+            error = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise OutcomeUnknownError(f"membership change ({action} {address}) not applied in {timeout:g}s") from None
+        if error == FAIL_REASON.SUCCESS:
+            return
+        if error == FAIL_REASON.REQUEST_DENIED:
+            raise ValueError(
+                f"refused: {address} is already {'a' if action == 'add' else 'not a'} member, or another"
+                " membership change is still in progress"
+            )
+        if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER):
+            raise NoQuorumError("no leader: the membership change was not made")
+        raise OutcomeUnknownError(f"membership change ({action} {address}) ended with pysyncobj error {error}")
+
     def force_compaction(self) -> None:
         """Snapshot and compact the journal at the next tick (admin tool, tests)."""
         if self._raft is not None:
@@ -445,19 +503,70 @@ class RaftLog:
             return
         prop.waiting = False
         prop.attempt += 1
-        callback = functools.partial(self._on_outcome, prop, prop.attempt)
-        raft.apply_entry(prop.entry, callback=callback)
+        self._pending.append((prop, prop.attempt))
+        if not self._wake_pending:  # one wake-up per tick, however many proposals
+            self._wake_pending = True
+            self._wake()
 
-    def _on_outcome(self, prop: _Proposal, attempt: int, result: Any, error: int) -> None:
-        """pysyncobj's callback. On the tick thread: deferred until the tick's COMMIT."""
-        if threading.get_ident() == self._tick_ident:
-            self._outcomes.append((prop, attempt, result, error))
-        else:  # QUEUE_FULL, raised synchronously inside apply_entry on the loop thread
-            self._handle(prop, attempt, result, error)
+    def _wake(self) -> None:
+        """Interrupt the tick thread's poll so the new proposals go out now, not after tick_wait_s."""
+        fds = self._wake_fds
+        if fds is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(fds[1], b"w")
 
-    def _deliver(self, outcomes: list[tuple[_Proposal, int, Any, int]]) -> None:
-        for prop, attempt, result, error in outcomes:
-            self._handle(prop, attempt, result, error)
+    def _on_wake(self, fd: int, event: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(fd, 4096):
+                pass
+
+    def _drain(self, raft: _RaftNode) -> None:
+        """Tick thread, before each tick: the tick's proposals become one Batch entry (or a
+        few, bounded by max_batch_bytes / max_batch_commands); barriers share one entry."""
+        self._wake_pending = False  # cleared before draining: a later append wakes us again
+        if not self._pending:
+            return
+        barriers: list[tuple[_Proposal, int]] = []
+        group: list[tuple[_Proposal, int]] = []
+        size = 0
+        s = self.settings
+        while self._pending:
+            prop, attempt = self._pending.popleft()
+            if attempt != prop.attempt or prop.future.done():
+                continue  # superseded or already answered
+            if prop.request_id is None:
+                barriers.append((prop, attempt))
+                continue
+            if group and (size + len(prop.entry) > s.max_batch_bytes or len(group) >= s.max_batch_commands):
+                self._send_group(raft, group)
+                group, size = [], 0
+            group.append((prop, attempt))
+            size += len(prop.entry)
+        if group:
+            self._send_group(raft, group)
+        if barriers:
+            raft.apply_entry(BARRIER_ENTRY, callback=functools.partial(self._on_outcome, barriers))
+
+    def _send_group(self, raft: _RaftNode, group: list[tuple[_Proposal, int]]) -> None:
+        if len(group) == 1:
+            entry = group[0][0].entry  # a lone command goes as itself: no Batch wrapper to pay for
+        else:
+            entry = c.encode(c.Batch(request_id="", entries=[prop.entry for prop, _ in group]))
+        raft.apply_entry(entry, callback=functools.partial(self._on_outcome, group))
+
+    def _on_outcome(self, group: list[tuple[_Proposal, int]], result: Any, error: int) -> None:
+        """pysyncobj's callback, on the tick thread: deferred until the tick's COMMIT."""
+        self._outcomes.append((group, result, error))
+
+    def _deliver(self, outcomes: list[tuple[list[tuple[_Proposal, int]], Any, int]]) -> None:
+        """Split each entry's outcome among the proposals it carried (results are in order)."""
+        for group, result, error in outcomes:
+            for i, (prop, attempt) in enumerate(group):
+                one = result
+                if isinstance(result, list):
+                    # a replayed entry answers with one placeholder for the whole Batch
+                    one = result[i] if len(result) == len(group) else result[0]
+                self._handle(prop, attempt, one, error)
 
     def _handle(self, prop: _Proposal, attempt: int, result: Any, error: int) -> None:
         if prop.future.done():
@@ -602,6 +711,7 @@ class RaftLog:
         wait = self.settings.tick_wait_s
         while not self._stop.is_set():
             try:
+                self._drain(raft)
                 raft.doTick(wait)
             except _FatalError:
                 pass
@@ -623,6 +733,11 @@ class RaftLog:
             raft._doDestroy()
             raise RuntimeError(f"unsupported pysyncobj version (no {', '.join(missing)}); RaftLog needs 0.3.17")
         self._transport = raft._SyncObj__transport  # type: ignore[attr-defined]
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        raft._poller.subscribe(r, self._on_wake, POLL_EVENT_TYPE.READ)
+        self._wake_fds = (r, w)
         if self._durable:
             inner = raft._SyncObj__raftLog  # type: ignore[attr-defined]
             inner._FileJournal__metaStorer = _FsyncMetaStorer(inner._FileJournal__metaStorer.getPath())
@@ -634,7 +749,7 @@ class RaftLog:
         self._raft = raft
         return raft
 
-    def _apply_on_tick(self, entry: bytes) -> ApplyResult | None:
+    def _apply_on_tick(self, entry: bytes) -> list[ApplyResult] | None:
         """The replicated method's body: never raises into pysyncobj except to stop the node."""
         if self._fatal is not None:
             raise _FatalError("stopped")
@@ -646,7 +761,7 @@ class RaftLog:
             if not self._in_txn:
                 self.sm.begin()
                 self._in_txn = True
-            return self.sm.apply(index, entry)
+            return self.sm.apply_entry(index, entry)
         except BaseException as exc:
             # The state machine turns every bad command into a stored result, so this is the
             # disk or a bug. Skipping the entry would make this node differ from the others;
@@ -816,6 +931,11 @@ class RaftLog:
                 if self._journal is not None and self._fatal is None:
                     self._journal.flush()
                 self._raft._doDestroy()
+        fds, self._wake_fds = self._wake_fds, None
+        if fds is not None:  # no proposal can arrive now: _stopped or _fatal is set
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         if self._fatal is None and self._loop is not None:
             self._status = msgspec.structs.replace(self._status, role="stopped", has_quorum=False)
             self._leader_flag = False
