@@ -141,7 +141,7 @@ class RetentionSettings(_Section):
 class FederationPeer(_Section):
     """One pinned organisation (ledger/DESIGN.md "Federation")."""
 
-    origin: str                    # the origin line of its checkpoints (its [node] name)
+    origin: str                    # the origin line of its checkpoints (its cluster.name, or node.name alone)
     vkeys: list[str]               # C2SP vkeys of its ledger key; several while a key rotates
     url: str = ""                  # base URL of its API; "" = only checked through gossip and its pushes
     witness_vkeys: list[str] = []  # cosignature/v1 vkeys of its nodes (they witness us and the others)
@@ -327,8 +327,8 @@ def _check_federation(cfg: Config, file: str) -> None:
         where = f"federation.peers[{i}]"
         if not valid_key_name(peer.origin):
             raise ConfigError(file, f"{where}.origin", "an origin: non-empty, no spaces, no '+'")
-        if peer.origin == cfg.node.name:
-            raise ConfigError(file, f"{where}.origin", "is this node's own origin")
+        if peer.origin == ledger_origin(cfg):
+            raise ConfigError(file, f"{where}.origin", "is this node's own ledger origin")
         if peer.origin in seen:
             raise ConfigError(file, f"{where}.origin", f"{peer.origin!r} is pinned twice")
         seen.add(peer.origin)

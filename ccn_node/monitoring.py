@@ -4,11 +4,16 @@ One registry per node (tests run several nodes in one process). Per-conversation
 capped in label cardinality: past ``max_conversations`` labels the oldest is dropped, so a
 busy node cannot grow its scrape without bound. Gauges that describe stored state (counts,
 raft status, ledger size) are read at scrape time through callbacks.
+
+The per-conversation gauges (five families × up to 1,000 conversations) are rendered by
+``_ConversationSeries``, not by prometheus_client: each conversation's sample lines are
+formatted once, when its turn is observed, and a scrape only joins them. Through
+``generate_latest`` the same 5,000 samples cost ~45 ms per scrape; joined, well under 1 ms
+(``ccn-node bench ops``; target ≤ 10 ms for the whole scrape).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -19,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.utils import floatToGoString
 
 # prometheus_client >= 0.22 calls its text format 1.0.0; the issue (and every Prometheus server)
 # reads 0.0.4, which is what generate_latest writes for legacy-valid names like ours.
@@ -51,12 +57,56 @@ class _StateCollector:
             yield family
 
 
+_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    *((f"consciousness_{n}_score", n, f"Last {n} of a conversation (see DESIGN.md)") for n in SCORES),
+    ("ccn_character_drift", "drift_baseline", "Last drift from the baseline, per conversation"),
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _ConversationSeries:
+    """Last scores per conversation as pre-formatted exposition lines, LRU-capped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        # session id → one line per family (None when that metric was not measured)
+        self.lines: OrderedDict[str, list[str | None]] = OrderedDict()
+        self._cache: bytes | None = None
+
+    def observe(self, session_id: str, metrics: dict[str, float]) -> None:
+        label = f'{{session_id="{_escape(session_id)}"}} '
+        old = self.lines.pop(session_id, None) or [None] * len(_FAMILIES)
+        new: list[str | None] = []
+        for (name, key, _), previous in zip(_FAMILIES, old, strict=True):
+            value = metrics.get(key)
+            new.append(previous if value is None else f"{name}{label}{floatToGoString(value)}\n")
+        self.lines[session_id] = new
+        while len(self.lines) > self.cap:
+            self.lines.popitem(last=False)
+        self._cache = None
+
+    def sessions(self) -> list[str]:
+        return list(self.lines)
+
+    def render(self) -> bytes:
+        if self._cache is None:
+            parts = []
+            for i, (name, _, doc) in enumerate(_FAMILIES):
+                parts.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+                parts.extend(row[i] for row in self.lines.values() if row[i] is not None)
+            self._cache = "".join(parts).encode()  # type: ignore[arg-type]
+        return self._cache
+
+
 class Monitoring:
     def __init__(self, max_conversations: int = 1000) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.max_conversations = max_conversations
-        self._tracked: OrderedDict[str, None] = OrderedDict()
+        self.conversations = _ConversationSeries(max_conversations)
         self.http_requests = Counter(
             "ccn_http_requests_total", "HTTP requests by route template", ["method", "endpoint", "status"], registry=r
         )
@@ -70,13 +120,6 @@ class Monitoring:
         self.turn_seconds = Histogram(
             "ccn_turn_duration_seconds", "Whole turn duration, model time included", buckets=LATENCY_BUCKETS, registry=r
         )
-        self.scores = {
-            name: Gauge(f"consciousness_{name}_score", f"Last {name} of a conversation (see DESIGN.md)",
-                        ["session_id"], registry=r)
-            for name in SCORES
-        }
-        self.drift = Gauge("ccn_character_drift", "Last drift from the baseline, per conversation",
-                           ["session_id"], registry=r)
         self.spawn_seconds = Histogram("ccn_instance_spawn_seconds", "Instance spawn time, validation included",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.consensus_rounds = Counter("ccn_consensus_rounds_total", "Consensus rounds committed", registry=r)
@@ -104,26 +147,10 @@ class Monitoring:
         if cost:
             self.api_cost.inc(cost)
         self.turn_seconds.observe(seconds)
-        self._track(session_id)
-        for name in SCORES:
-            if name in metrics:
-                self.scores[name].labels(session_id).set(metrics[name])
-        if "drift_baseline" in metrics:
-            self.drift.labels(session_id).set(metrics["drift_baseline"])
-
-    def _track(self, session_id: str) -> None:
-        if session_id in self._tracked:
-            self._tracked.move_to_end(session_id)
-            return
-        self._tracked[session_id] = None
-        while len(self._tracked) > self.max_conversations:
-            old, _ = self._tracked.popitem(last=False)
-            for gauge in (*self.scores.values(), self.drift):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(old)
+        self.conversations.observe(session_id, metrics)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.conversations.render()
 
 
 class JsonLogFormatter(logging.Formatter):

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nodeproc import NodeProcess
+from nodeproc import NodeProcess, stop_all_nodes
 
 GENEROUS_LIMITS = """
 [limits]
@@ -26,3 +26,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No node process outlives the test session, whatever failed."""
+    stop_all_nodes()

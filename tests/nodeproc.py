@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -16,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ccn_node.cli import init_data_dir
+
+_LIVE: set[NodeProcess] = set()
+
+
+def stop_all_nodes() -> None:
+    """Kill every node process a test started and did not stop (a failed assertion, say)."""
+    for proc in list(_LIVE):
+        proc.kill()
+
+
+atexit.register(stop_all_nodes)
 
 
 def free_port() -> int:
@@ -62,6 +74,7 @@ class NodeProcess:
             [sys.executable, "-m", "ccn_node", "serve", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
+        _LIVE.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -87,6 +100,7 @@ class NodeProcess:
                 self.proc.wait(5)
         code = self.proc.returncode
         self.proc = None
+        _LIVE.discard(self)
         return code
 
     def kill(self) -> None:

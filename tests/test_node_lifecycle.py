@@ -50,16 +50,17 @@ def test_turns_in_one_conversation_never_interleave(tmp_path) -> None:
 
 def test_everything_acknowledged_survives_kill_9(tmp_path) -> None:
     node = NodeProcess(tmp_path / "n", config_extra=GENEROUS_LIMITS).start()
-    token = node.token("frank")
-    sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
-    acked = []
-    for i in range(20):
-        r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token, json_body={"content": f"n{i}"})
-        assert r.status == 200
-        acked.append(r.json()["message_id"])
-    node.stop(signal.SIGKILL)
-    node.start()
     try:
+        token = node.token("frank")
+        sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
+        acked = []
+        for i in range(20):
+            r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token,
+                             json_body={"content": f"n{i}"})
+            assert r.status == 200
+            acked.append(r.json()["message_id"])
+        node.stop(signal.SIGKILL)
+        node.start()
         msgs = node.request("GET", f"/api/v1/conversation/{sid}", token=token).json()["messages"]
         ids = [m["message_id"] for m in msgs]
         assert all(a in ids for a in acked) and len(ids) == 40 and len(set(ids)) == 40
@@ -71,7 +72,10 @@ def test_everything_acknowledged_survives_kill_9(tmp_path) -> None:
 
 def test_graceful_stop_exits_zero(tmp_path) -> None:
     node = NodeProcess(tmp_path / "n").start()
-    assert node.stop(signal.SIGTERM) == 0
+    try:
+        assert node.stop(signal.SIGTERM) == 0
+    finally:
+        node.stop()
 
 
 def _serve(config, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -166,8 +166,12 @@ def test_replication_and_follower_writes(cluster: Any) -> None:
     assert status == 200 and body["duplicate"] and body["value"]["seq"] == 6
     views = cl.converged(acked)
     assert len(views[0]) == 60
+    deadline = time.monotonic() + 3  # the status is published at most every 100 ms
     st = cl.status(leader)
-    assert st["role"] == "leader" and st["has_quorum"] and all(p["connected"] for p in st["peers"])
+    while not all(p["connected"] for p in st["peers"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        st = cl.status(leader)
+    assert st["role"] == "leader" and st["has_quorum"] and all(p["connected"] for p in st["peers"]), st
     assert _call(cl.http[leader], "GET", "/leader-read")[0] == 200
     assert _call(cl.http[follower], "GET", "/leader-read")[1]["error"] == "not_leader"
 

@@ -54,8 +54,12 @@ def copy(made: Path, tmp_path: Path) -> Path:
 
 
 def run_verify(data_dir: Path) -> VerifyReport:
+    """Serial and parallel (corpus split between two processes) must find the same thing."""
     cfg = load_config(data_dir / "ccn.toml")
-    return verify_database(cfg.database_path, _ledger_verifiers(cfg), origin=cfg.node.name, parallel=False)
+    serial = verify_database(cfg.database_path, _ledger_verifiers(cfg), origin=cfg.node.name, parallel=False)
+    parallel = verify_database(cfg.database_path, _ledger_verifiers(cfg), origin=cfg.node.name, parallel=True)
+    assert serial.problem == parallel.problem and serial.corpus_rows == parallel.corpus_rows
+    return serial
 
 
 def tamper(data_dir: Path, *sql: str) -> None:
@@ -143,3 +147,11 @@ def test_erased_messages_still_verify_and_a_refilled_one_does_not(copy: Path) ->
     tamper(copy, f"UPDATE messages SET content = 'resurrected' WHERE message_id = '{erased}'")
     problem = run_verify(copy).problem
     assert problem is not None and (problem.table, problem.row) == ("messages", erased)
+
+
+def test_tampered_last_row_is_found_in_the_tail_half_too(copy: Path) -> None:
+    mid = messages(copy)[-1][0]
+    tamper(copy, f"UPDATE messages SET tokens = tokens + 1 WHERE message_id = '{mid}'")
+    problem = run_verify(copy).problem
+    assert problem is not None and (problem.table, problem.row) == ("messages", mid)
+    assert problem.message.startswith("tokens is")

@@ -73,7 +73,20 @@ _MSG_COLUMNS = (
 _MSG_JSON = ("manifest", "usage", "character_snapshot", "relational_state", "metrics")
 _MSG_SQL = (f"SELECT rowid, {', '.join(_MSG_COLUMNS)}, {', '.join(_MSG_JSON)}, content, erased_at"
             " FROM messages ORDER BY rowid")
+_MSG_RANGE_SQL = _MSG_SQL.replace(" ORDER BY", " WHERE rowid >= ? AND rowid < ? ORDER BY")
+_LEAF_SQL = {
+    # all leaves; leaves before the split plus every non-message leaf; message leaves from the split on
+    "all": "SELECT idx, kind, ref, leaf_bytes FROM ledger_leaves WHERE ? <= ? ORDER BY idx",
+    "head": "SELECT idx, kind, ref, leaf_bytes FROM ledger_leaves WHERE idx < ? OR kind != 'msg.append' ORDER BY idx",
+    "tail": "SELECT idx, kind, ref, leaf_bytes FROM ledger_leaves WHERE idx >= ? AND kind = 'msg.append' ORDER BY idx",
+}
+_MAX_ROWID = (1 << 63) - 1
 _N = len(_MSG_COLUMNS)
+
+
+PARALLEL_SPLIT = 0.75
+"""Share of the leaves whose corpus rows the second process checks (the tree audit costs this
+process about half as much as the whole corpus check)."""
 
 
 @dataclass(frozen=True)
@@ -148,13 +161,19 @@ class CorpusCheck:
         self.ended: set[str] = set()
         self.erasure_i = 0
 
-    def run(self) -> None:
-        msgs = self.conn.cursor().execute(_MSG_SQL)
+    def run(self, part: str = "all", split: tuple[int, int] = (0, 0)) -> None:
+        """Check the leaves of ``part`` against their rows: "all", or the two halves of a
+        split at (leaf index, messages rowid) — "head" (every non-message leaf, the message
+        leaves and rows before the split, and the whole-table checks) and "tail" (the message
+        leaves and rows from the split on)."""
+        leaf_at, rowid_at = split
+        lo, hi = {"all": (0, _MAX_ROWID), "head": (0, rowid_at), "tail": (rowid_at, _MAX_ROWID)}[part]
+        msgs = self.conn.cursor().execute(_MSG_RANGE_SQL, (lo, hi))
         nxt = next(msgs, None)
         decode, decode_message = c.decode, _decode_message
         sha = hashlib.sha256
         for idx, kind, ref, data in self.conn.cursor().execute(
-            "SELECT idx, kind, ref, leaf_bytes FROM ledger_leaves ORDER BY idx"
+            _LEAF_SQL[part], (0, 0) if part == "all" else (leaf_at,)
         ):
             try:
                 cmd = decode_message(data) if kind == "msg.append" else decode(data)
@@ -190,7 +209,8 @@ class CorpusCheck:
                 self._other(idx, kind, cmd)
         if nxt is not None:
             raise _Bad("messages", nxt[1], "no ledger leaf for this row")
-        self._finish()
+        if part != "tail":
+            self._finish()
 
     def _message_elsewhere(self, cmd: Any, idx: int) -> tuple[Any, ...] | None:
         """A leaf whose row is not next in rowid order: an idempotent retry (no new row), or a
@@ -290,13 +310,16 @@ class CorpusCheck:
             raise _Bad("erasures", str(self.erasures[self.erasure_i][0]), "no ledger leaf for this row")
 
 
-def check_corpus(conn: apsw.Connection) -> tuple[int, Problem | None]:
-    """Compare every corpus row with its leaf on ``conn`` (one read transaction)."""
+def check_corpus(conn: apsw.Connection, part: str = "all", split: tuple[int, int] = (0, 0)
+                 ) -> tuple[int, Problem | None]:
+    """Compare the corpus rows with their leaves on ``conn`` (one read transaction)."""
     conn.execute("BEGIN")
     try:
         check = CorpusCheck(conn)
+        if part == "tail":
+            check.rows = 0
         try:
-            check.run()
+            check.run(part, split)
         except _Bad as bad:
             return check.rows, bad.problem
         return check.rows, None
@@ -304,11 +327,23 @@ def check_corpus(conn: apsw.Connection) -> tuple[int, Problem | None]:
         conn.execute("COMMIT")
 
 
-def _check_file(path: str) -> tuple[int, tuple[str, str, str] | None]:
+def _split_point(conn: apsw.Connection, fraction: float) -> tuple[int, int] | None:
+    """A message leaf near ``fraction`` of the log whose row exists: (leaf index, rowid)."""
+    n = conn.execute("SELECT count(*) FROM ledger_leaves").fetchone()[0]
+    for idx, ref in conn.execute("SELECT idx, ref FROM ledger_leaves WHERE idx >= ? AND kind = 'msg.append'"
+                                 " ORDER BY idx LIMIT 8", (int(n * fraction),)):
+        row = conn.execute("SELECT rowid FROM messages WHERE message_id = ?", (ref,)).fetchone()
+        if row is not None:
+            return idx, row[0]
+    return None
+
+
+def _check_file(path: str, part: str = "all", split: tuple[int, int] = (0, 0)
+                ) -> tuple[int, tuple[str, str, str] | None]:
     """Child-process entry point: its own read-only connection."""
     conn = _open(path)
     try:
-        rows, problem = check_corpus(conn)
+        rows, problem = check_corpus(conn, part, split)
     finally:
         conn.close()
     return rows, None if problem is None else (problem.table, problem.row, problem.message)
@@ -325,22 +360,26 @@ def verify_database(path: str | Path, verifiers: list[Any], *, origin: str | Non
                     parallel: bool = True) -> VerifyReport:
     """The full audit of a node's database file, read-only (the node may be running).
 
-    With ``parallel`` the corpus check runs in a second process while this one audits the
-    tree and the chain; each reads its own consistent snapshot.
+    With ``parallel`` a second process checks the first ``PARALLEL_SPLIT`` of the corpus while
+    this one audits the tree and the chain, then checks the rest of the messages: the two
+    halves cost about the same on 2 cores. Each reads its own consistent snapshot.
     """
     start = time.perf_counter()
     path = str(path)
     if parallel:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            future = pool.submit(_check_file, path)
-            conn = _open(path)
-            try:
+        conn = _open(path)
+        try:
+            split = _split_point(conn, PARALLEL_SPLIT)
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                future = pool.submit(_check_file, path, "all" if split is None else "head", split or (0, 0))
                 report = audit(conn, verifiers, origin=origin)
-            finally:
-                conn.close()
-            rows, raw = future.result()
-        problem = None if raw is None else Problem(*raw)
+                rows_tail, tail = (0, None) if split is None else check_corpus(conn, "tail", split)
+                rows, raw = future.result()
+        finally:
+            conn.close()
+        problem = Problem(*raw) if raw is not None else tail
+        rows += rows_tail
     else:
         conn = _open(path)
         try:
