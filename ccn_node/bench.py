@@ -261,9 +261,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if what == "startup":
         return run_startup_bench()
     if what == "ledger":
-        from ccn_node.ledger.bench import run_ledger_bench
+        from ccn_node.ledger.bench import run_ledger_bench, run_witness_bench
+        from ccn_node.replication.audit import run_verify_bench
 
-        return run_ledger_bench()
+        return {"ledger": run_ledger_bench(), "verify_with_corpus": run_verify_bench(),
+                "witness_round_trip": run_witness_bench()}
     if what == "continuity":
         from ccn_node.continuity.bench_spawn import run_all
 

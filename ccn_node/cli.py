@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bench", "run a benchmark and print its figures")
     p.add_argument("what", choices=["retrieval", "context", "turn", "startup", "ledger", "continuity", "cluster",
-                                    "all"])
+                                    "ops"])
     p.add_argument("--locomo", default=None, help="LoCoMo-format JSON file (bench retrieval)")
     p.add_argument("--budget", type=int, default=2000)
     p.add_argument("--sizes", default="10000,100000", help="corpus sizes for bench context (comma separated)")

@@ -82,7 +82,7 @@ class BlockSealer:
         """Seal if the ledger grew since the last block; returns the applied outcome or None."""
         number, sealed_size, snapshot = await self.store.read(_seal_inputs)
         size = await self.store.read(lambda conn: MerkleTree(conn).size())
-        if size <= sealed_size:
+        if size <= sealed_size + 1:  # only the previous seal's own leaf is new: nothing to seal
             return None
         cmd = c.SealBlock(request_id=new_id("r"), block_number=number, tree_size=size,
                           sealed_at_ms=int(time.time() * 1000), data_snapshot=snapshot)
@@ -102,7 +102,7 @@ class BlockSealer:
                 _, sealed_size, _ = await self.store.read(_seal_inputs)
                 size = await self.store.read(lambda conn: MerkleTree(conn).size())
                 due = size - sealed_size >= self.every_entries or (
-                    size > sealed_size and time.monotonic() - last_seal >= self.every_seconds
+                    size > sealed_size + 1 and time.monotonic() - last_seal >= self.every_seconds
                 )
                 if due:
                     await self.seal_now()
