@@ -274,6 +274,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from ccn_node.replication.bench_raft import run_cluster_bench
 
         return run_cluster_bench()
+    if what == "ops":
+        from ccn_node.api.bench_ops import run_ops_bench
+        from ccn_node.store.bench_backup import run as run_backup_bench
+
+        return {"ops": run_ops_bench(), "backup": run_backup_bench(args.messages)}
     raise SystemExit(f"unknown benchmark {what}")
 
 

@@ -630,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000", help="corpus sizes for bench context (comma separated)")
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--data-dir", default=None, help="bench context: keep generated corpora here and reuse them")
+    p.add_argument("--messages", type=int, default=100_000, help="bench ops: corpus size for the online backup")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -106,3 +106,28 @@ def test_websocket_gauge_and_scrape_is_cheap(node: NodeProcess) -> None:
     for _ in range(20):
         node.request("GET", "/metrics")
     assert (time.perf_counter() - started) / 20 < 0.5  # generous: shared CI machine; the bench measures
+
+
+def test_shipped_grafana_and_alert_rules_use_real_metric_names(node: NodeProcess, turned: str) -> None:
+    """Every metric a Grafana panel or an alert rule queries is one the node exports."""
+    import json
+    import re
+    from pathlib import Path
+
+    packaging = Path(__file__).resolve().parent.parent / "packaging"
+    boards = sorted((packaging / "grafana").glob("*.json"))
+    assert {b.stem for b in boards} == {"consciousness-overview", "system-performance", "operational",
+                                        "character-consistency"}
+    exprs = [t["expr"] for b in boards for p in json.loads(b.read_text())["panels"] for t in p["targets"]]
+    exprs.append((packaging / "ccn-node-alerts.yml").read_text())
+    exported = set(scrape(node))
+    used = {m for e in exprs for m in re.findall(r"\b(?:ccn|consciousness)_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
+
+
+def test_scrape_bench_reports_figures() -> None:
+    from ccn_node.api.bench_ops import run_scrape_bench
+
+    result = run_scrape_bench(conversations=15, scrapes=5)
+    assert result["ccc_series_in_scrape"] == 15
+    assert result["scrape_ms"]["p50"] > 0 and result["scrape_ms"]["target"] == 10.0
