@@ -36,6 +36,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    """Seconds from now until GET /ready answers 200 (the process was just started)."""
+    import http.client
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/ready")
+            if conn.getresponse().status == 200:
+                return time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"node not ready in {timeout} s")
+
+
 class _ServedNode:
     """A `ccn-node serve` child process in a temporary data directory."""
 
@@ -51,22 +69,11 @@ class _ServedNode:
 
     def start(self) -> float:
         env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-        t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ccn_node", "serve", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
         )
-        import http.client
-
-        while time.perf_counter() - t0 < 30:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                conn.request("GET", "/ready")
-                if conn.getresponse().status == 200:
-                    return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.01)
-        raise RuntimeError("node did not become ready in 30 s")
+        return wait_ready(self.port, self.proc, 30.0)
 
     def rss_mb(self) -> float:
         assert self.proc is not None

@@ -212,3 +212,48 @@ def test_speaker_names_from_metadata(corpus: Corpus) -> None:
     assert "Fay: I adopted a greyhound named Pixel." in text
     assert "Gus: Pixel is a lovely greyhound name." in text
     assert "[2025-01-01]" in text
+
+
+def test_layout_free_counting_charges_only_turn_lines(corpus: Corpus) -> None:
+    """count_layout=False (the LoCoMo metric's unit): Σ ceil(len("Speaker: text")/4) ≤ the budget."""
+    from ccn_node.continuity.context import render_relevant
+    from ccn_node.continuity.retrieval import Turn
+
+    turns = [Turn(message_id=f"m{i}", session_id=f"s{i}", seq=0, role="user", content="x" * 34,
+                  created_at=f"2025-01-{i + 1:02d}T00:00:00Z", score=1.0) for i in range(5)]
+    labels = {"": {"user": "User", "assistant": "A"}}  # "User: " + 34 chars = 40 chars = 10 tokens
+    _, strict_ids, _ = render_relevant(turns, 30, 100, labels)
+    _, free_ids, _ = render_relevant(turns, 30, 100, labels, count_layout=False)
+    assert len(free_ids) == 3  # exactly 3 × 10 tokens, dates and header free
+    assert len(strict_ids) < 3  # header, date lines and newlines counted
+
+
+def test_greedy_packing_skips_a_turn_that_does_not_fit(corpus: Corpus) -> None:
+    from ccn_node.continuity.context import render_relevant
+    from ccn_node.continuity.retrieval import Turn
+
+    sizes = [34, 200, 34]
+    turns = [Turn(message_id=f"m{i}", session_id="s", seq=i, role="user", content="y" * n,
+                  created_at="2025-01-01T00:00:00Z", score=1.0) for i, n in enumerate(sizes)]
+    _, ids, truncated = render_relevant(turns, 25, 100, {"": {"user": "User", "assistant": "A"}},
+                                        count_layout=False)
+    assert ids == ["m0", "m2"] and truncated
+
+
+def test_no_topic_match_falls_back_to_the_named_speakers_latest_turns(corpus: Corpus) -> None:
+    corpus.user("fay")
+    corpus.user("zed")
+    corpus.conversation("fay", "f-old", {"speakers": {"user": "Fay", "assistant": "Gus"}})
+    corpus.conversation("fay", "f-now")
+    corpus.conversation("zed", "z-old")
+    corpus.say("fay", "f-old", "user", "Went to the market with my sister.")
+    corpus.say("fay", "f-old", "assistant", "Sounds fun, what did you buy?")
+    corpus.say("zed", "z-old", "user", "Zed's kayak trip was long.")  # "kayak" exists only for another user
+    assembler = ContextAssembler(corpus.plate, ContextSettings(budget_tokens=2000))
+    ctx = corpus.assemble(assembler, "fay", "f-now", "Did Fay go on a kayak trip?")
+    text = next(b for b in ctx.system if b.kind == "relevant").text
+    assert "Fay: Went to the market with my sister." in text
+    assert "Zed" not in text and "kayak" not in text
+    # A message with no searchable words at all still gets no relevant section.
+    ctx = corpus.assemble(assembler, "fay", "f-now", "hello there!")
+    assert all(b.kind != "relevant" for b in ctx.system)

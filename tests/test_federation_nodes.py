@@ -161,6 +161,9 @@ def test_rewritten_history_is_a_fork_detected_and_reported(tmp_path: Path, orgs:
     forger.node.config_path.write_text(text)
     shutil.copy(b.node.data_dir / "keys" / "node.ed25519", forger.node.data_dir / "keys" / "node.ed25519")
     forger.start()
+    user = forger.node.token("mallory")
+    for _ in range(b_size + 4):  # the forged history needs leaves of its own (idle nodes do not seal)
+        assert forger.node.request("POST", "/api/v1/conversation/start", token=user, json_body={}).status == 201
     wait_for("the forged history to outgrow the witnessed one", lambda: int(
         parse_note(forger.get("/api/v1/ledger/checkpoint").body.decode()).text.split("\n")[1]) > b_size + 3)
     forger.node.stop()

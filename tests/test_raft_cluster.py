@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,19 +23,11 @@ from typing import Any
 
 import pytest
 
+from ccn_node.replication.bench_raft import _free_ports
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 NODE_SCRIPT = str(Path(__file__).with_name("raft_node.py"))
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _call(port: int, method: str, path: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:

@@ -58,7 +58,9 @@ def run_verify(data_dir: Path) -> VerifyReport:
     cfg = load_config(data_dir / "ccn.toml")
     serial = verify_database(cfg.database_path, _ledger_verifiers(cfg), origin=cfg.node.name, parallel=False)
     parallel = verify_database(cfg.database_path, _ledger_verifiers(cfg), origin=cfg.node.name, parallel=True)
-    assert serial.problem == parallel.problem and serial.corpus_rows == parallel.corpus_rows
+    assert serial.problem == parallel.problem
+    if serial.problem is None:  # rows checked before stopping at a problem depend on the split
+        assert serial.corpus_rows == parallel.corpus_rows
     return serial
 
 

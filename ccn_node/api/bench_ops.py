@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from ccn_node.bench import _pct, _ServedNode, run_startup_bench
+from ccn_node.bench import _pct, _ServedNode, run_startup_bench, wait_ready
 from ccn_node.monitoring import Monitoring
 
 SCRAPE_TARGET_MS = 10.0
@@ -94,21 +94,6 @@ def run_scrape_bench(conversations: int = 1000, scrapes: int = 100) -> dict[str,
     }
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"zipapp node exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/ready")
-            if conn.getresponse().status == 200:
-                return time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.01)
-    raise RuntimeError("zipapp node not ready in time")
-
-
 def build_zipapp(out: Path) -> float:
     """Build with packaging/build_zipapp.sh (from a source checkout); returns seconds taken."""
     script = Path(__file__).resolve().parents[2] / "packaging" / "build_zipapp.sh"
@@ -145,7 +130,7 @@ def run_zipapp_bench(pyz: str | None = None, runs: int = 3) -> dict[str, Any]:
                      "--data-dir", str(Path(tmp) / f"data-{run}"), "--listen", f"127.0.0.1:{port}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                 try:
-                    (cold if kind == "cold" else warm).append(_wait_ready(port, proc))
+                    (cold if kind == "cold" else warm).append(wait_ready(port, proc, 120.0))
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     try:

@@ -57,10 +57,15 @@ class AssembledContext(msgspec.Struct, kw_only=True):
 class ContextAssembler:
     """Builds the context of a turn from the plate, state, retrieval and recent history."""
 
-    def __init__(self, plate: Plate, settings: ContextSettings, rank: RankParams | None = None) -> None:
+    def __init__(
+        self, plate: Plate, settings: ContextSettings, rank: RankParams | None = None, *, count_layout: bool = True
+    ) -> None:
         self.plate = plate
         self.settings = settings
         self.rank = rank or RankParams()
+        # False only for the LoCoMo metric, which counts each included turn's "Speaker: text"
+        # and nothing else (date lines and newlines are free); a real turn always counts them.
+        self.count_layout = count_layout
         self.plate_block = ContextBlock("plate", plate.block_text, cache=True)
         self.plate_tokens = tokens_of(plate.block_text)
 
@@ -120,7 +125,7 @@ class ContextAssembler:
             )
             candidates = len(found)
             relevant_text, relevant_ids, relevant_truncated = render_relevant(
-                found, remaining, self.settings.relevant_limit, labels
+                found, remaining, self.settings.relevant_limit, labels, count_layout=self.count_layout
             )
         relevant_tokens = tokens_of(relevant_text)
 
@@ -199,10 +204,20 @@ def speaker_line(turn: Turn, labels: dict[str, dict[str, str]]) -> str:
 
 
 def render_relevant(
-    turns: list[Turn], budget: int, max_turns: int, labels: dict[str, dict[str, str]]
+    turns: list[Turn],
+    budget: int,
+    max_turns: int,
+    labels: dict[str, dict[str, str]],
+    *,
+    count_layout: bool = True,
 ) -> tuple[str, list[str], bool]:
-    """Take turns best first while they fit, then print them grouped by conversation and date."""
-    used = _line_tokens(RELEVANT_HEADER)
+    """Take turns best first while they fit, then print them grouped by conversation and date.
+
+    A turn that does not fit is skipped and the next ones are still tried (greedy packing).
+    ``count_layout=False`` charges only ceil(len("Speaker: text")/4) per turn (the LoCoMo
+    metric's unit); the section header, date lines and newlines then cost nothing.
+    """
+    used = _line_tokens(RELEVANT_HEADER) if count_layout else 0
     chosen: list[tuple[Turn, str]] = []
     sessions: set[str] = set()
     truncated = False
@@ -211,9 +226,12 @@ def render_relevant(
             truncated = True
             break
         line = speaker_line(turn, labels)
-        cost = _line_tokens(line)
-        if _session_header(turn) not in sessions:
-            cost += _line_tokens(_session_header(turn))
+        if count_layout:
+            cost = _line_tokens(line)
+            if _session_header(turn) not in sessions:
+                cost += _line_tokens(_session_header(turn))
+        else:
+            cost = tokens_of(line)
         if used + cost > budget:
             truncated = True
             continue

@@ -94,6 +94,7 @@ class RankParams(msgspec.Struct, frozen=True, kw_only=True):
     feedback_weight: float = 0.3
     windows: int = 60  # top turns whose neighbours are fetched
     answer_type_weight: float = 0.15  # turn has what the question asks for (a time, a place, a number)
+    empty_fallback: bool = True  # no topic match in this user's turns: names, then the latest turns
 
 
 class QueryTerm(msgspec.Struct, frozen=True):
@@ -355,10 +356,46 @@ def relevant_turns(
     # No more candidates than the caller can use: the cost of the rest is all fetch and Python.
     p = msgspec.structs.replace(p, candidates=min(p.candidates, max(limit, 100)))
     cands = _candidates(conn, user_id, content_terms, p.candidates, exclude_ids)
+    if not cands and content_terms is not terms and p.empty_fallback:
+        # The topic words occur only in other users' turns: the names alone still lead to the
+        # sessions where this speaker is addressed ("Hey Joanna! …").
+        content_terms = terms
+        cands = _candidates(conn, user_id, content_terms, p.candidates, exclude_ids)
     if not cands:
-        return []
+        if not terms or not p.empty_fallback:
+            return []
+        # The question asks about something none of this user's turns mention: the latest
+        # turns (a named speaker's first) are a better use of the budget than nothing.
+        return _recent_fallback(conn, user_id, named, speakers, exclude_ids, limit)
     cue = next((answer for question, answer in _ANSWER_TYPES if question.search(text)), None)
     return _fuse(conn, user_id, cands, content_terms, named, speakers, exclude_ids, limit, p, cue)
+
+
+def _recent_fallback(
+    conn: apsw.Connection,
+    user_id: str,
+    named: set[str],
+    speakers: dict[str, set[str]],
+    exclude_ids: set[str] | frozenset[str],
+    limit: int,
+) -> list[Turn]:
+    """The user's latest turns, a named speaker's before the others' (when nothing matched)."""
+    rows = conn.execute(_RECENT_SQL, (user_id, limit + len(exclude_ids))).fetchall()
+    wanted = _wanted_roles(named, speakers)
+    turns = [Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5],
+                  score=0.0, source="recency") for r in rows if r[0] not in exclude_ids]
+    turns.sort(key=lambda t: f"{t.session_id}\x1f{t.role}" not in wanted)  # stable: newest first within
+    return turns[:limit]
+
+
+def _wanted_roles(named: set[str], speakers: dict[str, set[str]]) -> set[str]:
+    """The (session, role) pairs of the speakers a query names."""
+    wanted: set[str] = set()
+    for stem in named:
+        for name, pairs in speakers.items():
+            if name.startswith(stem) or stem.startswith(name):
+                wanted |= pairs
+    return wanted
 
 
 def _normalise(turns: dict[str, Turn]) -> dict[str, float]:
@@ -438,7 +475,8 @@ def _fuse(
             cands.values(), key=lambda t: -(lexical[t.message_id] + p.session_weight * coverage[t.session_id])
         )
         extra = _expansion(conn, first[: p.feedback_docs], set(idf), named, p.feedback_terms, p.max_postings)
-        _add_channel(cands, lexical, _candidates(conn, user_id, extra, p.candidates, exclude_ids), p.feedback_weight)
+        more = _candidates(conn, user_id, extra, p.candidates, exclude_ids)
+        _add_channel(cands, lexical, more, p.feedback_weight)
 
     # Neighbours: the turns around a match often hold the answer (a reply, a follow-up).
     span = p.neighbour_span
@@ -457,11 +495,7 @@ def _fuse(
             by_pos[(r[1], r[2])] = Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4],
                                         created_at=r[5], score=0.0, source="neighbour")
 
-    wanted_roles: set[str] = set()
-    for stem in named:
-        for name, pairs in speakers.items():
-            if name.startswith(stem) or stem.startswith(name):
-                wanted_roles |= pairs
+    wanted_roles = _wanted_roles(named, speakers)
 
     order = sorted({t.created_at[:10] + t.session_id for t in by_pos.values()})
     rank_of = {k: i / max(len(order) - 1, 1) for i, k in enumerate(order)}

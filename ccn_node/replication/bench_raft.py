@@ -24,7 +24,7 @@ from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
-from ccn_node.replication.raft_log import ClusterSettings
+from ccn_node.replication.raft_log import ClusterSettings, raft_timing
 
 _SECRET = "bench-secret"
 
@@ -69,19 +69,7 @@ class _Counter(SyncObj):
 
 
 def _bare_conf(s: ClusterSettings) -> SyncObjConf:
-    return SyncObjConf(
-        password=s.secret,
-        appendEntriesUseBatch=False,
-        appendEntriesPeriod=s.heartbeat_s,
-        raftMinTimeout=s.election_min_s,
-        raftMaxTimeout=s.election_max_s,
-        leaderFallbackTimeout=s.leader_fallback_s or s.election_min_s,
-        connectionTimeout=s.connection_timeout_s,
-        connectionRetryTime=s.connect_retry_s,
-        commandsQueueSize=s.commands_queue_size,
-        commandsWaitLeader=False,
-        bindAddress=s.self_address,
-    )
+    return SyncObjConf(**raft_timing(s), bindAddress=s.self_address)
 
 
 def _bare_load(counter: _Counter, writers: int, duration: float) -> dict[str, float]:

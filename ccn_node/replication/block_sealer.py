@@ -44,6 +44,12 @@ def _seal_inputs(conn: apsw.Connection) -> tuple[int, int, str]:
             canonical_json(summary))
 
 
+def _unsealed_floor(next_number: int, sealed_size: int) -> int:
+    """Ledger size below which there is nothing new to seal: a block's own SealBlock leaf
+    lands right after the size it sealed, so an idle node would otherwise seal forever."""
+    return 0 if next_number == 1 else sealed_size + 1
+
+
 class BlockSealer:
     def __init__(self, store: Store, proposer: Proposer, *, every_entries: int, every_seconds: float) -> None:
         self.store = store
@@ -82,7 +88,7 @@ class BlockSealer:
         """Seal if the ledger grew since the last block; returns the applied outcome or None."""
         number, sealed_size, snapshot = await self.store.read(_seal_inputs)
         size = await self.store.read(lambda conn: MerkleTree(conn).size())
-        if size <= sealed_size + 1:  # only the previous seal's own leaf is new: nothing to seal
+        if size <= _unsealed_floor(number, sealed_size):
             return None
         cmd = c.SealBlock(request_id=new_id("r"), block_number=number, tree_size=size,
                           sealed_at_ms=int(time.time() * 1000), data_snapshot=snapshot)
@@ -99,10 +105,11 @@ class BlockSealer:
         while True:
             await asyncio.sleep(min(0.5, self.every_seconds))
             try:
-                _, sealed_size, _ = await self.store.read(_seal_inputs)
+                number, sealed_size, _ = await self.store.read(_seal_inputs)
+                floor = _unsealed_floor(number, sealed_size)
                 size = await self.store.read(lambda conn: MerkleTree(conn).size())
-                due = size - sealed_size >= self.every_entries or (
-                    size > sealed_size + 1 and time.monotonic() - last_seal >= self.every_seconds
+                due = size - floor >= self.every_entries or (
+                    size > floor and time.monotonic() - last_seal >= self.every_seconds
                 )
                 if due:
                     await self.seal_now()

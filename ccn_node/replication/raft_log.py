@@ -319,6 +319,23 @@ _RETRY_S = 0.02
 _LEADER_WAIT_S = 0.1
 
 
+def raft_timing(s: ClusterSettings) -> dict[str, Any]:
+    """The Raft protocol settings shared by RaftLog and the bare-pysyncobj baseline bench,
+    so that the baseline is measured with exactly the same settings."""
+    return {
+        "password": s.secret or None,
+        "appendEntriesUseBatch": False,
+        "appendEntriesPeriod": s.heartbeat_s,
+        "raftMinTimeout": s.election_min_s,
+        "raftMaxTimeout": s.election_max_s,
+        "leaderFallbackTimeout": s.leader_fallback_s or s.election_min_s,
+        "connectionTimeout": s.connection_timeout_s,
+        "connectionRetryTime": s.connect_retry_s,
+        "commandsQueueSize": s.commands_queue_size,
+        "commandsWaitLeader": False,
+    }
+
+
 class RaftLog:
     """The command log of a cluster member (see the module docstring for how)."""
 
@@ -670,18 +687,9 @@ class RaftLog:
     def _conf(self) -> SyncObjConf:
         s = self.settings
         return SyncObjConf(
-            password=s.secret or None,
+            **raft_timing(s),
             autoTick=False,
-            appendEntriesUseBatch=False,
-            appendEntriesPeriod=s.heartbeat_s,
             appendEntriesBatchSizeBytes=s.append_batch_bytes,
-            raftMinTimeout=s.election_min_s,
-            raftMaxTimeout=s.election_max_s,
-            leaderFallbackTimeout=s.leader_fallback_s or s.election_min_s,
-            connectionTimeout=s.connection_timeout_s,
-            connectionRetryTime=s.connect_retry_s,
-            commandsQueueSize=s.commands_queue_size,
-            commandsWaitLeader=False,
             journalFile=os.path.join(s.raft_dir, "journal"),
             fullDumpFile=os.path.join(s.raft_dir, "snapshot"),
             serializer=self._serialize,
