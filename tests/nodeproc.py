@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ccn_node.cli import init_data_dir
+from ccn_node.datadir import init_data_dir
 
 _LIVE: set[NodeProcess] = set()
 

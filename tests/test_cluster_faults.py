@@ -27,7 +27,7 @@ import pytest
 from conftest import GENEROUS_LIMITS
 from nodeproc import NodeProcess, free_port
 
-from ccn_node.cli import init_cluster_member
+from ccn_node.datadir import init_cluster_member
 from ccn_node.ledger.tree_store import MerkleTree
 from ccn_node.store.database import open_connection
 

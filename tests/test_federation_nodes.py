@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from nodeproc import NodeProcess, free_port
 
-from ccn_node.cli import _vkeys
 from ccn_node.config import load_config
+from ccn_node.datadir import vkeys as _vkeys
 from ccn_node.ledger.note import open_checkpoint, parse_note, parse_vkey
 
 LIMITS = """

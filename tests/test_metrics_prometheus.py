@@ -126,7 +126,7 @@ def test_shipped_grafana_and_alert_rules_use_real_metric_names(node: NodeProcess
 
 
 def test_scrape_bench_reports_figures() -> None:
-    from ccn_node.api.bench_ops import run_scrape_bench
+    from ccn_node.benchmarks.ops import run_scrape_bench
 
     result = run_scrape_bench(conversations=15, scrapes=5)
     assert result["ccc_series_in_scrape"] == 15

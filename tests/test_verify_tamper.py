@@ -13,8 +13,8 @@ import apsw
 import pytest
 from nodeproc import NodeProcess
 
-from ccn_node.cli import _ledger_verifiers
 from ccn_node.config import load_config
+from ccn_node.datadir import ledger_verifiers as _ledger_verifiers
 from ccn_node.replication.audit import VerifyReport, verify_database
 
 EXTRA = """

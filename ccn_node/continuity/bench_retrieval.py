@@ -304,9 +304,3 @@ def run_retrieval_bench(
             store.close()
     return result
 
-
-if __name__ == "__main__":  # pragma: no cover - development entry point
-    import sys
-
-    print(json.dumps(run_retrieval_bench(sys.argv[1] if len(sys.argv) > 1 else
-                                         "/work/shared/testdata/locomo-dev.json"), indent=2))

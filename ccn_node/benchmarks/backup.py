@@ -129,7 +129,7 @@ def _sample(port: int, token: str, seconds: float, stop: threading.Event | None 
 
 def run_backup_bench(messages: int = 100_000, baseline_s: float = 5.0, encrypt: bool = True) -> dict[str, Any]:
     """Online backup of a ``messages`` corpus inside a served node, and read p95 around it."""
-    from ccn_node.bench import _ServedNode
+    from ccn_node.benchmarks.node import _ServedNode
     from ccn_node.config import load_config, write_secret_file
     from ccn_node.store import backup
 
@@ -190,7 +190,7 @@ def run(messages: int = 100_000) -> dict[str, Any]:
     return {"backup": run_backup_bench(messages), "journal": journal_cost()}
 
 
-if __name__ == "__main__":  # python -m ccn_node.store.bench_backup [messages]
+if __name__ == "__main__":  # python -m ccn_node.benchmarks.backup [messages]
     import sys
 
     print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000), indent=2))

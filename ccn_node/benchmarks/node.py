@@ -58,7 +58,7 @@ class _ServedNode:
     """A `ccn-node serve` child process in a temporary data directory."""
 
     def __init__(self, data_dir: Path, extra: str = "") -> None:
-        from ccn_node.cli import init_data_dir
+        from ccn_node.datadir import init_data_dir
 
         self.port = _free_port()
         self.config = init_data_dir(data_dir, listen=f"127.0.0.1:{self.port}", name="bench")
@@ -161,7 +161,8 @@ async def _turn_load(node: _ServedNode, turns: int, clients: int) -> dict[str, A
 def run_turn_bench(turns: int = 300, clients: int = 1) -> dict[str, Any]:
     """Node overhead per turn: HTTP in → reply stored, model time (offline backend) excluded."""
     with tempfile.TemporaryDirectory() as tmp:
-        node = _ServedNode(Path(tmp), "[limits]\nrequests_per_minute = 1000000\nburst = 100000\n")
+        node = _ServedNode(Path(tmp), "[limits]\nrequests_per_minute = 1000000\nburst = 100000\n"
+                                      "model_tokens_per_day = 1000000000\n")
         try:
             node.start()
             sequential = asyncio.run(_turn_load(node, turns, 1))
@@ -282,8 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         return run_cluster_bench()
     if what == "ops":
-        from ccn_node.api.bench_ops import run_ops_bench
-        from ccn_node.store.bench_backup import run as run_backup_bench
+        from ccn_node.benchmarks.backup import run as run_backup_bench
+        from ccn_node.benchmarks.ops import run_ops_bench
 
         return {"ops": run_ops_bench(), "backup": run_backup_bench(args.messages)}
     raise SystemExit(f"unknown benchmark {what}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from ccn_node.bench import _pct, _ServedNode, run_startup_bench, wait_ready
+from ccn_node.benchmarks.node import _pct, _ServedNode, run_startup_bench, wait_ready
 from ccn_node.monitoring import Monitoring
 
 SCRAPE_TARGET_MS = 10.0
@@ -108,7 +108,7 @@ def build_zipapp(out: Path) -> float:
 def run_zipapp_bench(pyz: str | None = None, runs: int = 3) -> dict[str, Any]:
     """Start → /ready of the zipapp in a clean environment: cold (empty SHIV_ROOT, so the archive
     is unpacked first) and warm (unpacked already)."""
-    from ccn_node.bench import _free_port
+    from ccn_node.benchmarks.node import _free_port
 
     python = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable
     result: dict[str, Any] = {}
