@@ -230,7 +230,6 @@ class Node:
 
     async def start(self) -> None:
         self.started_at = time.time()
-        self.sealer.bind(asyncio.get_running_loop())
         await self.log.start()
         if self.cluster is None:
             await self._record_plate()

@@ -19,7 +19,6 @@ committed, the result says ``noop``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from ccn_node.continuity.instances import OUTLIER_REASON
 from ccn_node.continuity.metrics import validate_vector
 from ccn_node.continuity.probe import DIMENSIONS
 from ccn_node.replication import commands as c
+from ccn_node.replication.leadership import LeaderTask
 from ccn_node.replication.log import CommandLog
 from ccn_node.replication.proposer import Proposer
 from ccn_node.store import queries
@@ -72,29 +72,21 @@ class ConsensusService:
         self.node_id = node_id
         self.on_round = on_round
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._duty = LeaderTask("consensus-rounds", self._loop)
         self.last_round: dict[str, Any] | None = None
 
     # -- leadership ----------------------------------------------------------------------
 
     def on_leadership(self, leader: bool) -> None:
-        """Leadership listener (called on the event loop): start or stop the periodic loop."""
-        if leader and (self._task is None or self._task.done()):
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="consensus-rounds")
-        elif not leader and self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Leadership listener: rounds run only while this node leads."""
+        self._duty.on_leadership(leader)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._duty.stop()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._duty.running
 
     async def _loop(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from ccn_node.clock import new_id
 from ccn_node.ledger.chain import canonical_json, last_block
 from ccn_node.ledger.tree_store import MerkleTree
 from ccn_node.replication import commands as c
+from ccn_node.replication.leadership import LeaderTask
 from ccn_node.replication.log import CommandLogError
 from ccn_node.replication.proposer import CommandRejected, Proposer
 from ccn_node.store.database import Store
@@ -56,33 +57,10 @@ class BlockSealer:
         self.proposer = proposer
         self.every_entries = every_entries
         self.every_seconds = every_seconds
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.duty = LeaderTask("ccn-block-sealer", self._run)
+        self.on_leadership = self.duty.on_leadership
+        self.stop = self.duty.stop
         self.sealed = 0
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The event loop to run on; leadership changes may arrive on other threads."""
-        self._loop = loop
-
-    def on_leadership(self, leader: bool) -> None:
-        """Leadership listener: may be called from another thread (pysyncobj)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._start if leader else self._stop)
-
-    def _start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def _stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def seal_now(self) -> dict[str, Any] | None:
         """Seal if the ledger grew since the last block; returns the applied outcome or None."""
