@@ -118,7 +118,10 @@ def init_cluster_member(
     name = cluster_name or _default_cluster_name((keys / "node.ed25519").read_bytes())
     members = sorted(set(peers) | {raft_address})
     config_path = data_dir / "ccn.toml"
-    config_path.write_text(config_path.read_text() + cluster_config_text(
+    text = config_path.read_text()
+    if durability == "fsync":  # the fsynced Raft journal is the durable record (replication/DESIGN.md)
+        text = text.replace('synchronous = "full"', 'synchronous = "normal"', 1)
+    config_path.write_text(text + cluster_config_text(
         name=name, address=raft_address, peers=members, durability=durability))
 
 

@@ -123,13 +123,20 @@ def _raftlog_node(settings: ClusterSettings, conn: Connection) -> None:
 
 
 async def _raftlog_node_async(settings: ClusterSettings, conn: Connection) -> None:
+    from ccn_node.ledger.ledger import Ledger
+    from ccn_node.ledger.note import NoteSigner
+    from ccn_node.ledger.schema import ledger_schema_sql
     from ccn_node.replication import commands as c
     from ccn_node.replication.raft_log import RaftLog
     from ccn_node.replication.state_machine import StateMachine
     from ccn_node.store.database import Store
 
-    store = Store(os.path.join(settings.data_dir, "ccn.sqlite3"), synchronous="normal")
-    raft = RaftLog(StateMachine(store.writer), settings)  # type: ignore[arg-type]
+    # As a real cluster member applies: ledger leaf per command, synchronous=normal beside the
+    # fsynced journal (what `ccn-node init --peer …` configures).
+    store = Store(os.path.join(settings.data_dir, "ccn.sqlite3"), synchronous="normal",
+                  extra_schema=[ledger_schema_sql()])
+    ledger = Ledger(store.writer, NoteSigner.generate("bench-org"))
+    raft = RaftLog(StateMachine(store.writer, ledger=ledger), settings)  # type: ignore[arg-type]
     await raft.start()
     loop = asyncio.get_running_loop()
     stamp = "2025-01-01T00:00:00.000000Z"

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 _result_encoder = msgspec.msgpack.Encoder()
 _result_decoder = msgspec.msgpack.Decoder(ApplyResult)
+
+
+class _PartialWrite(Exception):
+    """A command without a savepoint of its own failed after writing: undo its Batch."""
 
 
 class Rejected(Exception):
@@ -74,6 +79,10 @@ class StateMachine:
         self.applied_index = 0
         self.command_index = 0
         self._start = (0, 0)
+        # Inside a Batch's fast path: message rows waiting for one multi-row INSERT (see
+        # _flush_messages), and their idempotency keys; None outside it (rows go in at once).
+        self._deferred: list[tuple[Any, ...]] | None = None
+        self._deferred_keys: dict[tuple[str, str], tuple[str, int]] = {}
         self._load_indexes()
         self._handlers: dict[type, Callable[[Any, int], dict[str, Any]]] = {
             c.Noop: self._noop,
@@ -235,13 +244,67 @@ class StateMachine:
             return [self._bad_entry(exc)]
         if not isinstance(command, c.Batch):
             return [self._apply_command(command, entry)]
-        results = []
-        for sub in command.entries:
+        if len(command.entries) < 2:
+            return self._apply_subs(command.entries, per_command_savepoint=True)
+        # One savepoint for the whole Batch, none per command: FTS5 flushes its pending terms
+        # into a new segment at every SAVEPOINT/RELEASE, so a savepoint per command cost more
+        # than the command itself. A command that fails *after* it wrote something (rare: the
+        # handlers validate before writing) undoes the Batch and redoes it with a savepoint per
+        # command, so the stored outcome is the same as if every command had had its own.
+        command_index, pending = self.command_index, len(self._pending)
+        self.conn.execute("SAVEPOINT batch")
+        try:
+            self._deferred, self._deferred_keys = [], {}
             try:
-                results.append(self._apply_command(c.decode(sub), sub))
+                results = self._apply_subs(command.entries, per_command_savepoint=False)
+                self._flush_messages()
+            finally:
+                self._deferred, self._deferred_keys = None, {}
+        except _PartialWrite:
+            self.conn.execute("ROLLBACK TO batch")
+            if self.ledger is not None:
+                self.ledger.reset_cache()
+            self.command_index = command_index
+            del self._pending[pending:]
+            results = self._apply_subs(command.entries, per_command_savepoint=True)
+        self.conn.execute("RELEASE batch")
+        return results
+
+    def _apply_subs(self, subs: Sequence[bytes], *, per_command_savepoint: bool) -> list[ApplyResult]:
+        results = []
+        for sub in subs:
+            try:
+                command = c.decode(sub)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 results.append(self._bad_entry(exc))
+                continue
+            if self._deferred and type(command) is not c.AppendMessage:
+                self._flush_messages()  # every other command sees the messages table as it is
+            results.append(self._apply_command(command, sub, savepoint=per_command_savepoint))
         return results
+
+    def _flush_messages(self) -> None:
+        """Insert the Batch's deferred message rows, many per statement.
+
+        Every statement that writes with a statement journal makes FTS5 flush its pending
+        terms into a new index segment (xSavepoint), so one INSERT per message cost a segment
+        per message; one multi-row INSERT costs one. A row that fails here (a constraint)
+        undoes the Batch, which is then redone with a savepoint and an INSERT per command.
+        """
+        rows = self._deferred
+        if not rows:
+            return
+        self._deferred = []
+        try:
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                part = rows[start : start + _ROWS_PER_INSERT]
+                self.conn.execute(
+                    _INSERT_MESSAGE + ", ".join([_MESSAGE_VALUES] * len(part)), [x for row in part for x in row]
+                )
+        except _STORAGE_FAILURES:
+            raise
+        except Exception:
+            raise _PartialWrite() from None
 
     def _bad_entry(self, exc: Exception) -> ApplyResult:
         self.command_index += 1
@@ -250,7 +313,9 @@ class StateMachine:
         self._pending.append((None, result))
         return result
 
-    def _apply_command(self, command: c.Command, entry: bytes) -> ApplyResult:
+    def _apply_command(self, command: c.Command, entry: bytes, *, savepoint: bool = True) -> ApplyResult:
+        """Apply one command. ``savepoint=False`` (inside a Batch's savepoint): no savepoint of
+        its own; a failure that left writes behind raises _PartialWrite for the caller to undo."""
         stored = self.conn.execute(
             "SELECT result FROM applied_requests WHERE request_id = ?", (command.request_id,)
         ).fetchall()
@@ -261,33 +326,28 @@ class StateMachine:
             return first
         self.command_index += 1
         index = self.command_index
-        self.conn.execute("SAVEPOINT cmd")
+        if savepoint:
+            self.conn.execute("SAVEPOINT cmd")
+        else:
+            changes = self.conn.total_changes()
+            deferred = len(self._deferred or ())
         try:
             value = self._handlers[type(command)](command, index)
             if self.ledger is not None and not isinstance(command, c.Noop):
                 leaf = self.ledger.append(c.leaf_bytes(command), type(command).__struct_config__.tag, _ref(command))
                 value["leaf_index"] = leaf
-            self.conn.execute("RELEASE cmd")
+            if savepoint:
+                self.conn.execute("RELEASE cmd")
             result = ApplyResult(index=index, request_id=command.request_id, ok=True, value=value)
-        except Rejected as exc:
-            self._rollback_savepoint()
-            result = ApplyResult(
-                index=index, request_id=command.request_id, ok=False, error_code=exc.code, error_message=exc.message
-            )
-        except _STORAGE_FAILURES:
+        except (_PartialWrite, *_STORAGE_FAILURES):
             raise
-        except (apsw.ConstraintError, ValueError, TypeError) as exc:
-            self._rollback_savepoint()
-            result = ApplyResult(
-                index=index, request_id=command.request_id, ok=False, error_code="invalid", error_message=str(exc)
-            )
-        except Exception as exc:  # a bug in a handler: deterministic on every node, so store it
-            log.exception("command %s failed to apply", type(command).__name__)
-            self._rollback_savepoint()
-            result = ApplyResult(
-                index=index, request_id=command.request_id, ok=False, error_code="internal",
-                error_message=f"{type(exc).__name__}: {exc}",
-            )
+        except Exception:
+            if not savepoint and (
+                self.conn.total_changes() != changes or len(self._deferred or ()) != deferred
+            ):
+                raise _PartialWrite() from None
+            self._undo(savepoint)
+            result = self._failure(command, index)
         self.conn.execute(
             "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",
             (command.request_id, index, _result_encoder.encode(result)),
@@ -295,6 +355,33 @@ class StateMachine:
         journal.record(self.conn, index, entry, _stamp(command), (result.value or {}).get("leaf_index"))
         self._pending.append((command, result))
         return result
+
+    def _undo(self, savepoint: bool) -> None:
+        """After a failed command: roll its savepoint back (with no savepoint nothing was
+        written); the ledger's cached frontier is reloaded either way."""
+        if savepoint:
+            self._rollback_savepoint()
+        elif self.ledger is not None:
+            self.ledger.reset_cache()
+
+    @staticmethod
+    def _failure(command: c.Command, index: int) -> ApplyResult:
+        """The stored outcome of the exception being handled (called inside ``except``)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, Rejected):
+            return ApplyResult(
+                index=index, request_id=command.request_id, ok=False, error_code=exc.code, error_message=exc.message
+            )
+        if isinstance(exc, (apsw.ConstraintError, ValueError, TypeError)):
+            return ApplyResult(
+                index=index, request_id=command.request_id, ok=False, error_code="invalid", error_message=str(exc)
+            )
+        # a bug in a handler: deterministic on every node, so store it
+        log.error("command %s failed to apply", type(command).__name__, exc_info=exc)
+        return ApplyResult(
+            index=index, request_id=command.request_id, ok=False, error_code="internal",
+            error_message=f"{type(exc).__name__}: {exc}",
+        )
 
     def _rollback_savepoint(self) -> None:
         self.conn.execute("ROLLBACK TO cmd")
@@ -393,6 +480,9 @@ class StateMachine:
         if cmd.role not in ("user", "assistant"):
             raise Rejected("invalid", f"role must be user or assistant, not {cmd.role!r}")
         if cmd.idempotency_key is not None:
+            known = self._deferred_keys.get((cmd.session_id, cmd.idempotency_key))
+            if known is not None:
+                return {"message_id": known[0], "seq": known[1], "existing": True}
             existing = self._one(
                 "SELECT message_id, seq FROM messages WHERE session_id = ? AND idempotency_key = ?",
                 (cmd.session_id, cmd.idempotency_key),
@@ -400,6 +490,7 @@ class StateMachine:
             if existing is not None:
                 return {"message_id": existing[0], "seq": existing[1], "existing": True}
         if cmd.kind == "validation":
+            self._flush_messages()
             # Validation answers (continuity/instances.py) take seq -1, -2, …: the conversation's
             # own seq and message_count stay dense and count only what its owner sees.
             low = self._one("SELECT min(seq) FROM messages WHERE session_id = ? AND seq < 0", (cmd.session_id,))
@@ -413,35 +504,35 @@ class StateMachine:
             if cmd.content:
                 raise Rejected("invalid", "content_sha256 is only for erased (empty) content")
             digest = cmd.content_sha256
-        self.conn.execute(
-            "INSERT INTO messages(message_id, session_id, user_id, seq, role, kind, content, content_sha256,"
-            " created_at, tokens, idempotency_key, reply_to, model, instance_id, manifest, usage,"
-            " character_snapshot, relational_state, metrics, log_index, erased_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                cmd.message_id,
-                cmd.session_id,
-                cmd.user_id,
-                seq,
-                cmd.role,
-                cmd.kind,
-                cmd.content,
-                digest,
-                cmd.created_at,
-                cmd.tokens,
-                cmd.idempotency_key,
-                cmd.reply_to,
-                cmd.model,
-                cmd.instance_id,
-                _json(cmd.manifest),
-                _json(cmd.usage),
-                _json(cmd.character_snapshot),
-                _json(cmd.relational_state),
-                _json(cmd.metrics),
-                index,
-                cmd.erased_at,
-            ),
+        row = (
+            cmd.message_id,
+            cmd.session_id,
+            cmd.user_id,
+            seq,
+            cmd.role,
+            cmd.kind,
+            cmd.content,
+            digest,
+            cmd.created_at,
+            cmd.tokens,
+            cmd.idempotency_key,
+            cmd.reply_to,
+            cmd.model,
+            cmd.instance_id,
+            _json(cmd.manifest),
+            _json(cmd.usage),
+            _json(cmd.character_snapshot),
+            _json(cmd.relational_state),
+            _json(cmd.metrics),
+            index,
+            cmd.erased_at,
         )
+        if self._deferred is None:
+            self.conn.execute(_INSERT_MESSAGE + _MESSAGE_VALUES, row)
+        else:
+            self._deferred.append(row)
+            if cmd.idempotency_key is not None:
+                self._deferred_keys[(cmd.session_id, cmd.idempotency_key)] = (cmd.message_id, seq)
         if cmd.kind == "chat":
             self.conn.execute(
                 "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
@@ -569,6 +660,14 @@ class StateMachine:
         )
         return {"messages_erased": len(rows)}
 
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages(message_id, session_id, user_id, seq, role, kind, content, content_sha256,"
+    " created_at, tokens, idempotency_key, reply_to, model, instance_id, manifest, usage,"
+    " character_snapshot, relational_state, metrics, log_index, erased_at) VALUES "
+)
+_MESSAGE_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 500  # 21 parameters a row, well below SQLite's 32766
 
 _STAMPS = ("created_at", "recorded_at", "ended_at", "spawned_at", "at", "sealed_at", "erased_at")
 
