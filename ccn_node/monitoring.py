@@ -185,7 +185,3 @@ def setup_json_logging(level: str, stream: Any = None) -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
-
-
-def monotonic_age(since: float | None) -> float:
-    return -1.0 if since is None else time.time() - since

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -61,7 +60,7 @@ from ccn_node.replication.raft_log import ClusterSettings, RaftLog
 from ccn_node.replication.state_machine import StateMachine
 from ccn_node.sd_notify import notify, watchdog_interval
 from ccn_node.store import queries
-from ccn_node.store.backup import BackupError, BackupService, DatabaseLock, backup_key
+from ccn_node.store.backup import BackupError, BackupService, DatabaseLock, backup_key, newest_age_s
 from ccn_node.store.database import Store, StoreError
 from ccn_node.tls import reload as reload_tls
 from ccn_node.tls import server_context
@@ -156,11 +155,6 @@ class Node:
         self.tokens = TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=cfg.auth.token_ttl_s,
                                      previous_keys=previous_keys, previous_until=previous_until)
         self.ssl_context: ssl.SSLContext | None = server_context(cfg)
-        # Hooks for the subsystems that own these figures (metrics and dashboard read them at
-        # scrape time): seconds since the last verified backup (None = none yet), and the
-        # witness view of the ledger, e.g. {"witnesses": n, "cosigned_size": s, "fork_detected": 0|1}.
-        self.backup_age_s: Callable[[], float | None] = lambda: None
-        self.witness_status: Callable[[], dict[str, float]] = self._witness_status
         self.retention = RetentionService(self.store, self.proposer, default_days=cfg.retention.default_days,
                                           interval_s=cfg.retention.sweep_interval_s, is_leader=self.log.is_leader)
         self.backups: BackupService | None = None
@@ -170,8 +164,6 @@ class Node:
                 key=backup_key(cfg), verifiers=[signer.verifier()], node_name=cfg.node.name,
                 step_pages=cfg.backup.step_pages, pause_s=cfg.backup.step_pause_ms / 1000,
             )
-            backups = self.backups
-            self.backup_age_s = lambda: None if backups.age_seconds() < 0 else backups.age_seconds()
         self.conversations = ConversationService(
             store=self.store,
             proposer=self.proposer,
@@ -321,7 +313,12 @@ class Node:
                           interval_s=fed.pull_interval_s, timeout_s=fed.request_timeout_s,
                           witnesses_required=fed.witnesses_required, max_age_s=fed.max_age_s)
 
-    def _witness_status(self) -> dict[str, float]:
+    def backup_age_s(self) -> float | None:
+        """Seconds since the newest verified backup (one listing of the backup directory, so a
+        `ccn-node backup` run beside the node counts too); None when there is none or backups are off."""
+        return None if self.backups is None else newest_age_s(self.backups.directory)
+
+    def witness_status(self) -> dict[str, float]:
         """The ccn_witness_status gauge: cosignatures on our latest checkpoint, its size, forks."""
         block = self.store.read_sync(last_block)
         out = {"witnesses": 0.0, "cosigned_size": 0.0,
@@ -487,9 +484,8 @@ class Node:
                                   lambda: {"": float(self.log.status().applied_index)})
         self.monitoring.add_state("ccn_raft_peers_connected", "Peers this node is connected to",
                                   lambda: {"": float(sum(p.connected for p in self.log.status().peers))})
-        self.monitoring.add_state("ccn_witness_status", "Witness view of the ledger (node.witness_status hook)",
-                                  lambda: {k: float(v) for k, v in
-                                           ({"witnesses": 0.0, "fork_detected": 0.0} | self.witness_status()).items()})
+        self.monitoring.add_state("ccn_witness_status", "Witness view of the ledger (cosignatures, forks)",
+                                  self.witness_status)
         self.monitoring.add_state("ccn_ledger_forks", "Confirmed forks of pinned logs (fork evidence kept)",
                                   lambda: {"": float(sum(f.confirmed for f in self.federation.witness.store.forks()))})
         self.monitoring.add_state("ccn_federation_peer_up", "Pinned peer answered the last federation round (1/0)",
@@ -514,7 +510,7 @@ class Node:
                 "peers": [{"address": p.address, "connected": p.connected, "lag": p.lag} for p in status.peers],
             },
             "ledger": {"size": self.tree.size(),
-                       "witness": {"witnesses": 0, "fork_detected": 0} | self.witness_status()},
+                       "witness": self.witness_status()},
             "backup_age_s": self.backup_age_s(),
         }
 

@@ -13,16 +13,18 @@ function. Every request received is recorded in `api.requests`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from nodeproc import NodeProcess
 
 __all__ = ["Behaviour", "FakeMessagesAPI", "RecordedRequest", "default_reply"]
 
@@ -561,3 +563,31 @@ class FakeMessagesAPI:
         await resp.write_eof()
         return resp
 
+
+@contextlib.contextmanager
+def anthropic_node(
+    tmp: Any, fake: FakeMessagesAPI, continuity: str, *, max_retries: int = 0, timeout_s: int = 5
+) -> Iterator[NodeProcess]:
+    """A started node whose model is the real `anthropic` SDK talking to ``fake``; stopped on exit.
+
+    ``continuity`` is the body of the config's ``[continuity]`` table (e.g. ``validation = "never"``).
+    """
+    extra = f"""
+[model]
+backend = "anthropic"
+base_url = "{fake.base_url}"
+max_retries = {max_retries}
+timeout_s = {timeout_s}
+[continuity]
+{continuity}
+[limits]
+requests_per_minute = 100000
+burst = 10000
+"""
+    proc = NodeProcess(tmp, config_extra=extra, env={"ANTHROPIC_API_KEY": "sk-test"})
+    proc.config_path.write_text(proc.config_path.read_text().replace('backend = "auto"\n', ""))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -64,6 +64,13 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "node.log"
 
+    @classmethod
+    def attach(cls, port: int, data_dir: Path, log_path: Path) -> NodeProcess:
+        """A client of a node started some other way (the zipapp): requests and wait_ready, no process."""
+        self = cls.__new__(cls)
+        self.port, self.data_dir, self.log_path, self.proc = port, data_dir, log_path, None
+        return self
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -75,17 +82,25 @@ class NodeProcess:
             stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
         _LIVE.add(self)
+        try:
+            self.wait_ready(self.proc, timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Poll GET /ready until 200; RuntimeError (with the log's tail) if ``proc`` exits or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"node exited with {proc.returncode}: {self.log_path.read_text()[-3000:]}")
             try:
-                if self.request("GET", "/ready").status == 200:
-                    return self
+                if self.request("GET", "/ready", timeout=2).status == 200:
+                    return
             except OSError:
                 pass
             time.sleep(0.05)
-        self.stop()
         raise RuntimeError(f"node not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
@@ -113,6 +128,17 @@ class NodeProcess:
             check=True, capture_output=True, text=True, env=self.env, timeout=30,
         )
         return out.stdout.strip()
+
+    def start_conversation(self, token: str, **body: Any) -> str:
+        """POST /api/v1/conversation/start (``body`` as its JSON); the new session id."""
+        r = self.request("POST", "/api/v1/conversation/start", token=token, json_body=body)
+        assert r.status == 201, r
+        return r.json()["session_id"]
+
+    def send(self, sid: str, token: str, content: str, **fields: Any) -> Response:
+        """POST a turn to conversation ``sid``; the response is returned unchecked."""
+        return self.request("POST", f"/api/v1/conversation/{sid}/message", token=token,
+                            json_body={"content": content, **fields})
 
     def request(
         self,

@@ -34,45 +34,6 @@ SESSION = "s-raft-test"
 STAMP = "2025-01-01T00:00:00.000000Z"
 
 
-class NodeStateMachine(StateMachine):
-    """The real state machine; snapshot methods are added below only while the real one
-    lacks them (they are the implementation proposed for state_machine.py)."""
-
-
-def _backup_to(self: StateMachine, path: str) -> None:
-    """A consistent copy from a separate read connection: safe beside the applying thread."""
-    src = apsw.Connection(self.conn.filename, flags=apsw.SQLITE_OPEN_READONLY)
-    dst = apsw.Connection(path)
-    try:
-        with dst.backup("main", src, "main") as backup:
-            backup.step()
-    finally:
-        dst.close()
-        src.close()
-
-
-def _restore_from(self: StateMachine, path: str) -> bool:
-    """Copy the snapshot into the live database, only if it is ahead of it."""
-    src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        row = src.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
-        theirs = int(row[0][0]) if row else 0
-        if theirs <= self.applied_index:
-            return False
-        with self.conn.backup("main", src, "main") as backup:
-            backup.step()
-    finally:
-        src.close()
-    self.rebind(self.conn)
-    return True
-
-
-if not hasattr(StateMachine, "backup_to"):
-    NodeStateMachine.backup_to = _backup_to  # type: ignore[attr-defined]
-if not hasattr(StateMachine, "restore_from"):
-    NodeStateMachine.restore_from = _restore_from  # type: ignore[attr-defined]
-
-
 def _error(exc: CommandLogError) -> web.Response:
     return web.json_response({"error": exc.code, "message": str(exc)}, status=503)
 
@@ -92,7 +53,7 @@ async def main() -> None:
 
     os.makedirs(args.dir, exist_ok=True)
     store = Store(os.path.join(args.dir, "ccn.sqlite3"), synchronous="normal")
-    sm = NodeStateMachine(store.writer)
+    sm = StateMachine(store.writer)
     settings = ClusterSettings(
         self_address=args.raft,
         peers=args.peer,

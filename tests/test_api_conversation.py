@@ -56,8 +56,17 @@ def test_turn_is_stored_with_manifest_and_metrics(node: NodeProcess, alice: str)
     assert answer["content"] == reply["content"]
     manifest = answer["manifest"]
     assert manifest["budget"] > 0 and manifest["total"] <= manifest["budget"]
-    assert manifest["sections"]["recent"]["message_ids"] == [conv["messages"][0]["message_id"]] or True
+    # The first turn: the user's message is the final message (its own section), not a recent turn.
+    sections = manifest["sections"]
+    assert sections["recent"]["message_ids"] == []
+    assert sections["user"]["tokens"] > 0 and sections["plate"]["tokens"] > 0
     assert len(answer["character_snapshot"]) == 16
+    # The second turn's recent window is the first exchange, oldest first.
+    assert say(node, alice, sid, "The bees produced honey this year.").status == 200
+    conv = node.request("GET", f"/api/v1/conversation/{sid}", token=alice).json()
+    second = conv["messages"][3]["manifest"]["sections"]["recent"]
+    assert second["message_ids"] == [m["message_id"] for m in conv["messages"][:2]]
+    assert second["tokens"] > 0
 
 
 def test_relevant_history_from_another_conversation_reaches_the_context(node: NodeProcess, alice: str) -> None:

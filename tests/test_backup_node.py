@@ -46,7 +46,7 @@ def bnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 
 def turn(node: NodeProcess, token: str, sid: str, text: str) -> None:
-    r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token, json_body={"content": text})
+    r = node.send(sid, token, text)
     assert r.status == 200, r
 
 
@@ -58,7 +58,7 @@ def contents(node: NodeProcess, token: str, sid: str) -> list[str]:
 
 def test_backup_restore_and_pitr(bnode: NodeProcess) -> None:
     token = bnode.token("ann")
-    sid = bnode.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
+    sid = bnode.start_conversation(token)
     for i in range(1, 6):
         turn(bnode, token, sid, f"first batch {i}")
 

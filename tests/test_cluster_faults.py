@@ -43,6 +43,8 @@ enabled = false
 [backup]
 enabled = false
 """
+# the 503 error codes that mean "may not have happened, retry"
+_RETRYABLE = ("no_quorum", "not_leader", "outcome_unknown", "overloaded", "stopping")
 # small journal compaction thresholds so that a wiped node must catch up from a snapshot
 CLUSTER_TUNING = "compaction_min_entries = 150\ncompaction_min_time_s = 1.0\n"
 
@@ -129,6 +131,9 @@ class Cluster:
         self.user = members[0].token("loader")
         self.acked: set[str] = set()
         self.refused = 0
+        # answers other than 201 / a 503 with a retryable code: asserts in the load threads would
+        # be lost with the thread, so they are collected here and checked by converge()
+        self.unexpected: list[tuple[int, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -162,11 +167,12 @@ class Cluster:
         if resp.status == 201:
             with self._lock:
                 self.acked.add(resp.json()["session_id"])
-        elif resp.status == 503:
-            body = resp.json()["error"]
-            assert body["code"] in ("no_quorum", "not_leader", "outcome_unknown", "overloaded", "stopping"), body
+        elif resp.status == 503 and resp.json()["error"]["code"] in _RETRYABLE:
             with self._lock:
                 self.refused += 1
+        else:
+            with self._lock:
+                self.unexpected.append((resp.status, resp.body[:300]))
         return resp.status
 
     def start_load(self, writers: int = 4) -> None:
@@ -205,13 +211,14 @@ class Cluster:
 
     def converge(self, timeout: float = 30.0) -> dict[str, Any]:
         """All members at the same applied index with identical checksums; every ack on every node once."""
+        assert not self.unexpected, f"writes answered neither 201 nor a retryable 503: {self.unexpected[:5]}"
         deadline = time.monotonic() + timeout
         while True:
             views = [corpus_view(m.config_path.parent / "ccn.sqlite3") for m in self.members]
             same = all(v["checksum"] == views[0]["checksum"] and v["root"] == views[0]["root"] for v in views)
             if same and all(self.acked <= v["sessions"] for v in views):
                 for v in views:
-                    assert v["duplicates"] == 0
+                    assert v["duplicates"] == 0 and v["unledgered"] == 0, v
                 return views[0]
             if time.monotonic() > deadline:
                 missing = [len(self.acked - v["sessions"]) for v in views]
@@ -243,13 +250,18 @@ def corpus_view(db: Path) -> dict[str, Any]:
             for row in conn.execute(f"SELECT * FROM {table} ORDER BY {key}"):
                 digest.update(repr(row).encode() + b"\n")
         sessions = [r[0] for r in conn.execute("SELECT session_id FROM conversations")]
+        # exactly once: one conv.start leaf per conversation (session_id is the primary key, so
+        # the table alone cannot show a write applied twice; the ledger can)
+        leaves, refs = conn.execute(
+            "SELECT count(*), count(DISTINCT ref) FROM ledger_leaves WHERE kind = 'conv.start'"
+        ).fetchone()
         tree = MerkleTree(conn)
         root = tree.root().hex() if tree.size() else ""
         conn.execute("COMMIT")
     finally:
         conn.close()
     return {"checksum": digest.hexdigest(), "root": root, "sessions": set(sessions),
-            "duplicates": len(sessions) - len(set(sessions))}
+            "duplicates": leaves - refs, "unledgered": len(sessions) - refs}
 
 
 def make_cluster(root: Path, hosts: list[str] | None = None, netns: list[str | None] | None = None) -> Cluster:
@@ -335,6 +347,8 @@ def test_sigstop_leader_does_not_ack_stale_writes(cluster: Cluster) -> None:
         cl.members[old].signal(signal.SIGCONT)
     for t in stale:
         t.join(20)
+    # each stale request got a real answer: a 201 only if committed (converge checks it), else 503
+    assert len(stale_results) == 4 and all(s in (201, 503) for s in stale_results), stale_results
     cl.down.discard(old)
     cl.wait_progress(20)
     cl.stop_load()

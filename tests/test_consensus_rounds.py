@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_messages_api import Behaviour, FakeMessagesAPI
+from fake_messages_api import Behaviour, FakeMessagesAPI, anthropic_node
 from nodeproc import NodeProcess
-from test_instances_validation import GOOD, anthropic_node, is_validation
+from test_instances_validation import GOOD, is_validation
 
 PLAIN = ("The measured p95 latency is 14.2 ms because the FTS5 index is used; we verified it twice with "
          "the benchmark, therefore the cache stays.")
@@ -53,12 +53,9 @@ def fake() -> Iterator[FakeMessagesAPI]:
 @pytest.fixture(scope="module")
 def onode(tmp_path_factory: pytest.TempPathFactory, fake: FakeMessagesAPI) -> Iterator[NodeProcess]:
     """The fake model, no periodic rounds in the way (only forced ones), validation on first spawn."""
-    proc = anthropic_node(tmp_path_factory.mktemp("onode"), fake,
-                          'validation = "first"\nconsensus_interval_s = 3600')
-    try:
+    with anthropic_node(tmp_path_factory.mktemp("onode"), fake,
+                        'validation = "first"\nconsensus_interval_s = 3600') as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def force(node: NodeProcess) -> dict[str, Any]:

@@ -144,9 +144,9 @@ async def open_dashboard(
 
 def test_dashboard_draws_live_data_without_errors(browser: str, node: NodeProcess) -> None:
     admin = node.token("dash-admin", "admin")
-    sid = node.request("POST", "/api/v1/conversation/start", token=admin, json_body={}).json()["session_id"]
+    sid = node.start_conversation(admin)
     for text in ("Hello! What do bees do in winter?", "And how do they keep warm?", "Thanks, that helps."):
-        r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=admin, json_body={"content": text})
+        r = node.send(sid, admin, text)
         assert r.status == 200, r
 
     async def run() -> tuple[Page, dict]:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_messages_api import Behaviour, FakeMessagesAPI
+from fake_messages_api import Behaviour, FakeMessagesAPI, anthropic_node
 from nodeproc import NodeProcess
-from test_instances_validation import GOOD, anthropic_node, replying
+from test_instances_validation import GOOD, replying
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,9 @@ def fake() -> Iterator[FakeMessagesAPI]:
 
 @pytest.fixture(scope="module")
 def inode(tmp_path_factory: pytest.TempPathFactory, fake: FakeMessagesAPI) -> Iterator[NodeProcess]:
-    proc = anthropic_node(tmp_path_factory.mktemp("inode"), fake,
-                          'validation = "first"\ninstance_idle_timeout_s = 0.5')
-    try:
+    with anthropic_node(tmp_path_factory.mktemp("inode"), fake,
+                        'validation = "first"\ninstance_idle_timeout_s = 0.5') as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def of_session(node: NodeProcess, sid: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_messages_api import Behaviour, FakeMessagesAPI
+from fake_messages_api import Behaviour, FakeMessagesAPI, anthropic_node
 from nodeproc import NodeProcess
 
 #: One answer holding every keyword of the example plate's six questions (each ≤ 300 chars).
@@ -42,24 +42,6 @@ def replying(validation_answer: str) -> Any:
     return reply
 
 
-def anthropic_node(tmp: Any, fake: FakeMessagesAPI, continuity: str) -> NodeProcess:
-    extra = f"""
-[model]
-backend = "anthropic"
-base_url = "{fake.base_url}"
-max_retries = 0
-timeout_s = 5
-[continuity]
-{continuity}
-[limits]
-requests_per_minute = 100000
-burst = 10000
-"""
-    proc = NodeProcess(tmp, config_extra=extra, env={"ANTHROPIC_API_KEY": "sk-test"})
-    proc.config_path.write_text(proc.config_path.read_text().replace('backend = "auto"\n', ""))
-    return proc.start()
-
-
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeMessagesAPI]:
     with FakeMessagesAPI() as api:
@@ -68,11 +50,8 @@ def fake() -> Iterator[FakeMessagesAPI]:
 
 @pytest.fixture(scope="module")
 def vnode(tmp_path_factory: pytest.TempPathFactory, fake: FakeMessagesAPI) -> Iterator[NodeProcess]:
-    proc = anthropic_node(tmp_path_factory.mktemp("vnode"), fake, 'validation = "every"')
-    try:
+    with anthropic_node(tmp_path_factory.mktemp("vnode"), fake, 'validation = "every"') as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def start(node: NodeProcess, token: str) -> str:

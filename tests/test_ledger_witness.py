@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ccn_node.api.routes_ledger import _witness_error
 from ccn_node.ledger import merkle
 from ccn_node.ledger.federation import keep_cosignatures
 from ccn_node.ledger.note import (
@@ -23,11 +24,13 @@ from ccn_node.ledger.note import (
 )
 from ccn_node.ledger.witness import (
     MAX_BODY_BYTES,
+    TLOG_SIZE_TYPE,
     PinnedLog,
     Witness,
     WitnessError,
     WitnessStore,
     format_add_checkpoint,
+    local_witness,
     parse_signature_lines,
 )
 
@@ -67,9 +70,7 @@ def log() -> Log:
 
 @pytest.fixture
 def witness(tmp_path: Path, log: Log) -> Witness:
-    store = WitnessStore(tmp_path / "witness.sqlite3")
-    signer = CosignatureSigner.generate("witness.example/w1")
-    return Witness(store, signer, {ORIGIN: PinnedLog(ORIGIN, (log.key.verifier(),))})
+    return local_witness(tmp_path / "witness.sqlite3", "witness.example/w1", PinnedLog(ORIGIN, (log.key.verifier(),)))
 
 
 def refused(w: Witness, body: bytes, status: int) -> WitnessError:
@@ -88,7 +89,7 @@ def test_cosigns_first_sight_then_only_consistent_growth(witness: Witness, log: 
     assert note.verified == (sig,)
     assert int.from_bytes(sig.sig[:8], "big") > time.time() - 5
     head = witness.store.head(ORIGIN)
-    assert head is not None and head.size == 10
+    assert head is not None and (head.size, head.root) == (10, merkle.root_of(log.leaves))
     log.grow(7)
     witness.add_checkpoint(log.body(10))
     assert witness.store.head(ORIGIN).size == 17  # type: ignore[union-attr]
@@ -102,6 +103,9 @@ def test_409_names_the_size_last_seen(witness: Witness, log: Log) -> None:
     log.grow(3)
     exc = refused(witness, log.body(0), 409)
     assert exc.size == 10
+    # Over HTTP the size is the whole body, typed for tlog-witness clients.
+    resp = _witness_error(exc)
+    assert (resp.status, resp.content_type, resp.text) == (409, TLOG_SIZE_TYPE, "10\n")
 
 
 def test_replayed_older_checkpoint(witness: Witness, log: Log) -> None:
@@ -215,7 +219,7 @@ def test_cosignatures_from_the_future_or_unknown_keys_are_not_kept(tmp_path: Pat
 
 
 def test_http_endpoint_statuses(node) -> None:  # type: ignore[no-untyped-def]
-    """The node's own endpoint: 409 with a text/x.tlog.size body, 403, 400 and 413."""
+    """The node's own endpoint: 403, 400 and 413 (its 409 answer: test_409_names_the_size_last_seen)."""
     lg = Log("not.pinned/here")
     lg.grow(4)
     r = node.request("POST", "/api/v1/ledger/add-checkpoint", body=lg.body(0))

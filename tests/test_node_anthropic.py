@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from fake_messages_api import Behaviour, FakeMessagesAPI
+from fake_messages_api import Behaviour, FakeMessagesAPI, anthropic_node
 from nodeproc import NodeProcess
 
 
@@ -20,25 +20,9 @@ def fake() -> Iterator[FakeMessagesAPI]:
 
 @pytest.fixture(scope="module")
 def anode(tmp_path_factory: pytest.TempPathFactory, fake: FakeMessagesAPI) -> Iterator[NodeProcess]:
-    extra = f"""
-[model]
-backend = "anthropic"
-base_url = "{fake.base_url}"
-max_retries = 2
-timeout_s = 10
-[continuity]
-validation = "never"
-[limits]
-requests_per_minute = 100000
-burst = 10000
-"""
-    proc = NodeProcess(tmp_path_factory.mktemp("anode"), config_extra=extra, env={"ANTHROPIC_API_KEY": "sk-test"})
-    proc.config_path.write_text(proc.config_path.read_text().replace('backend = "auto"\n', ""))
-    proc.start()
-    try:
+    with anthropic_node(tmp_path_factory.mktemp("anode"), fake, 'validation = "never"', max_retries=2,
+                        timeout_s=10) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _start(node: NodeProcess, token: str) -> str:
@@ -87,6 +71,16 @@ def test_overloaded_after_retries_is_503_and_nothing_half_stored(anode: NodeProc
     assert [m["role"] for m in messages] == ["user"], "the question is kept, no answer is invented"
 
 
+async def _frames_of_turn(ws: aiohttp.ClientWebSocketResponse) -> list[dict]:
+    """The frames one sent message produces, up to its last one (`metrics`, or `error`)."""
+    frames = []
+    while True:
+        frame = await asyncio.wait_for(ws.receive_json(), 20)
+        frames.append(frame)
+        if frame["type"] in ("error", "metrics"):
+            return frames
+
+
 def test_stream_failing_midway_is_an_error_frame_and_not_stored(anode: NodeProcess, fake: FakeMessagesAPI) -> None:
     fake.reset(Behaviour(error_after_deltas=2, delta_chars=5))
     token = anode.token("dave")
@@ -99,19 +93,11 @@ def test_stream_failing_midway_is_an_error_frame_and_not_stored(anode: NodeProce
             url, headers={"Authorization": f"Bearer {token}"}
         ) as ws:
             await ws.send_json({"type": "message", "content": "tell me a long story", "idempotency_key": "k-1"})
-            while True:
-                frame = await asyncio.wait_for(ws.receive_json(), 20)
-                frames.append(frame)
-                if frame["type"] in ("error", "metrics"):
-                    break
+            frames += await _frames_of_turn(ws)
             # the retry with the same key, once the model is healthy, answers the stored question once
             fake.reset(Behaviour())
             await ws.send_json({"type": "message", "content": "tell me a long story", "idempotency_key": "k-1"})
-            while True:
-                frame = await asyncio.wait_for(ws.receive_json(), 20)
-                frames.append(frame)
-                if frame["type"] in ("error", "metrics"):
-                    break
+            frames += await _frames_of_turn(ws)
         return frames
 
     frames = asyncio.run(run())

@@ -25,11 +25,10 @@ def test_turns_in_one_conversation_never_interleave(tmp_path) -> None:
     node = NodeProcess(tmp_path / "n", config_extra=SLOW).start()
     try:
         token = node.token("erin")
-        sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
+        sid = node.start_conversation(token)
 
         def send(text: str, wait: bool = True):
-            return node.request("POST", f"/api/v1/conversation/{sid}/message", token=token,
-                                json_body={"content": text, "wait": wait})
+            return node.send(sid, token, text, wait=wait)
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             a = pool.submit(send, "first")
@@ -52,11 +51,10 @@ def test_everything_acknowledged_survives_kill_9(tmp_path) -> None:
     node = NodeProcess(tmp_path / "n", config_extra=GENEROUS_LIMITS).start()
     try:
         token = node.token("frank")
-        sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
+        sid = node.start_conversation(token)
         acked = []
         for i in range(20):
-            r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token,
-                             json_body={"content": f"n{i}"})
+            r = node.send(sid, token, f"n{i}")
             assert r.status == 200
             acked.append(r.json()["message_id"])
         node.stop(signal.SIGKILL)
@@ -64,7 +62,7 @@ def test_everything_acknowledged_survives_kill_9(tmp_path) -> None:
         msgs = node.request("GET", f"/api/v1/conversation/{sid}", token=token).json()["messages"]
         ids = [m["message_id"] for m in msgs]
         assert all(a in ids for a in acked) and len(ids) == 40 and len(set(ids)) == 40
-        r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token, json_body={"content": "after"})
+        r = node.send(sid, token, "after")
         assert r.status == 200 and r.json()["seq"] == 42
     finally:
         node.stop()

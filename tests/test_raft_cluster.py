@@ -109,7 +109,8 @@ class Cluster:
         return _call(self.http[i], "GET", "/messages")[1]["ids"]
 
     def converged(self, expected: set[str], timeout: float = 15.0) -> list[list[str]]:
-        """Every live node holds exactly ``expected`` (each once) and the same order."""
+        """Every live node holds every id of ``expected`` (and writes whose outcome was unknown to
+        the client may be there too), each once, in the same order on every node."""
         deadline = time.monotonic() + timeout
         while True:
             views = [self.messages(i) for i in self.alive()]

@@ -26,8 +26,8 @@ from ccn_node.store.database import Store
 
 
 def say(node: NodeProcess, token: str, text: str) -> str:
-    sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
-    r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token, json_body={"content": text})
+    sid = node.start_conversation(token)
+    r = node.send(sid, token, text)
     assert r.status == 200, r
     return sid
 

@@ -50,11 +50,10 @@ def test_requests_per_minute_per_user(strict: NodeProcess) -> None:
 
 def test_daily_model_token_budget(strict: NodeProcess) -> None:
     carol = strict.token("budget-carol")
-    sid = strict.request("POST", "/api/v1/conversation/start", token=carol, json_body={}).json()["session_id"]
+    sid = strict.start_conversation(carol)
     statuses = []
     for i in range(12):
-        r = strict.request("POST", f"/api/v1/conversation/{sid}/message", token=carol,
-                           json_body={"content": f"Tell me a long story about bees, part {i}."})
+        r = strict.send(sid, carol, f"Tell me a long story about bees, part {i}.")
         statuses.append(r.status)
         if r.status == 429:
             break
@@ -63,8 +62,8 @@ def test_daily_model_token_budget(strict: NodeProcess) -> None:
     assert r.json()["error"]["code"] != "rate_limited"  # the token quota, not the request rate
     assert strict.request("GET", f"/api/v1/conversation/{sid}", token=carol).status == 200  # reads still work
     dave = strict.token("budget-dave")
-    sid2 = strict.request("POST", "/api/v1/conversation/start", token=dave, json_body={}).json()["session_id"]
-    r = strict.request("POST", f"/api/v1/conversation/{sid2}/message", token=dave, json_body={"content": "hi"})
+    sid2 = strict.start_conversation(dave)
+    r = strict.send(sid2, dave, "hi")
     assert r.status == 200  # per user
 
 
@@ -80,7 +79,7 @@ def test_ten_megabyte_bodies_are_413(node: NodeProcess) -> None:
 
 def test_websocket_frame_limits(node: NodeProcess, tmp_path: Path) -> None:
     frank = node.token("size-frank")
-    sid = node.request("POST", "/api/v1/conversation/start", token=frank, json_body={}).json()["session_id"]
+    sid = node.start_conversation(frank)
     url = node.url.replace("http", "ws") + f"/ws/conversation/{sid}"
 
     async def run() -> tuple[list[dict], int | None, list[str]]:

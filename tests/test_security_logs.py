@@ -19,13 +19,10 @@ pytestmark = pytest.mark.slow
 
 def exercise(node: NodeProcess, token: str, marker: str) -> None:
     """Every way content reaches the node: JSON turn, SSE turn, WebSocket turn, search, bad input."""
-    sid = node.request("POST", "/api/v1/conversation/start", token=token,
-                       json_body={"title": f"title {marker}"}).json()["session_id"]
-    r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token,
-                     json_body={"content": f"Remember the code word {marker}, please."})
+    sid = node.start_conversation(token, title=f"title {marker}")
+    r = node.send(sid, token, f"Remember the code word {marker}, please.")
     assert r.status == 200, r
-    r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token,
-                     json_body={"content": f"Say {marker} again", "stream": True})
+    r = node.send(sid, token, f"Say {marker} again", stream=True)
     assert r.status == 200 and b"event: response" in r.body, r
     assert node.request("GET", f"/api/v1/search?q={marker}", token=token).status == 200
     for bad in (f'{{"content": 5, "x": "{marker}"}}', f'{{"content": "{marker}"', f'{{"{marker}": 1}}'):

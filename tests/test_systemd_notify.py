@@ -89,7 +89,7 @@ def test_notify_protocol_and_graceful_sigterm(tmp_path: Path) -> None:
 
         # an in-flight turn (1.5 s of model latency) when SIGTERM arrives
         token = node.token("sigterm-user")
-        sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
+        sid = node.start_conversation(token)
         result: dict[str, Response | Exception] = {}
 
         def turn() -> None:
@@ -182,8 +182,8 @@ def test_node_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         token = node.token("mdwe-user", "admin")
-        sid = node.request("POST", "/api/v1/conversation/start", token=token, json_body={}).json()["session_id"]
-        r = node.request("POST", f"/api/v1/conversation/{sid}/message", token=token, json_body={"content": "hi"})
+        sid = node.start_conversation(token)
+        r = node.send(sid, token, "hi")
         assert r.status == 200, r  # numpy, apsw, msgspec, cryptography (JWT, ledger signatures) all ran
         assert node.request("GET", "/metrics").status == 200
         assert node.request("GET", "/api/v1/dashboard/data", token=token).status == 200

@@ -126,6 +126,7 @@ def test_edited_block(copy: Path) -> None:
     tamper(copy, "UPDATE verification_chain SET data_snapshot = '{\"ledger_size\":1}' WHERE block_number = 2")
     problem = run_verify(copy).problem
     assert problem is not None and (problem.table, problem.row) == ("verification_chain", "2")
+    assert problem.message.startswith("current_hash")  # what differs: the stored hash vs the fields
 
 
 def test_swapped_signature(copy: Path) -> None:

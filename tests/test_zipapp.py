@@ -47,26 +47,15 @@ def test_zipapp_serves_in_a_clean_environment(pyz: Path, tmp_path: Path) -> None
                              "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # A NodeProcess view of the data dir the zipapp created, for requests and tokens.
-        client = NodeProcess.__new__(NodeProcess)
-        client.port, client.data_dir = port, data
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "node.log").read_text()[-3000:]
-            try:
-                if client.request("GET", "/ready", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "zipapp node not ready in 120 s"
-            time.sleep(0.05)
+        client = NodeProcess.attach(port, data, tmp_path / "node.log")
+        client.wait_ready(proc, 120)
         cold_start = time.monotonic() - started
         admin = next(line.split(": ", 1)[1] for line in (tmp_path / "node.log").read_text().splitlines()
                      if line.startswith("admin token: "))
         assert client.request("GET", "/dashboard").status == 200  # package data read from the archive
         assert client.request("GET", "/dashboard/dashboard.js").status == 200
-        sid = client.request("POST", "/api/v1/conversation/start", token=admin, json_body={}).json()["session_id"]
-        r = client.request("POST", f"/api/v1/conversation/{sid}/message", token=admin, json_body={"content": "hi"})
+        sid = client.start_conversation(admin)
+        r = client.send(sid, admin, "hi")
         assert r.status == 200, r
         assert client.request("GET", "/metrics").status == 200
         proc.send_signal(signal.SIGTERM)

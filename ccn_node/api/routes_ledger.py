@@ -22,13 +22,15 @@ from ccn_node.api.errors import ApiError, bad_request, not_found, unauthorized
 from ccn_node.ledger.chain import Block, blocks_after, last_block
 from ccn_node.ledger.federation import Federation
 from ccn_node.ledger.merkle import ProofError
-from ccn_node.ledger.note import MAX_TREE_SIZE, b64encode, parse_checkpoint, parse_note
+from ccn_node.ledger.note import MAX_TREE_SIZE, b64encode, parse_note
 from ccn_node.ledger.tree_store import MerkleTree
 from ccn_node.ledger.witness import MAX_BODY_BYTES, TLOG_SIZE_TYPE, WitnessError
 
 routes = web.RouteTableDef()
 PREFIX = "/api/v1/ledger"
 MAX_BLOCKS = 1000
+MAX_REPORT_BYTES = 3 * MAX_BODY_BYTES
+"""A fork report: two notes and a proof, each bounded like an add-checkpoint body."""
 _SIZE_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
@@ -85,10 +87,9 @@ async def cosigned_checkpoint(request: web.Request) -> tuple[str, int] | None:
         return None
     note = block.checkpoint
     fed = services(request).extra.get("federation")
-    if fed is not None:
-        lines = fed.witness.store.cosignatures(block.tree_size, block.root)
-        if lines:
-            note += "".join(line + "\n" for line in lines)
+    if fed is not None:  # the witness file's lock may be held by an add-checkpoint fsync: off the loop
+        lines = await asyncio.to_thread(fed.witness.store.cosignatures, block.tree_size, block.root)
+        note += "".join(line + "\n" for line in lines)
     return note, block.tree_size
 
 
@@ -230,7 +231,7 @@ async def add_checkpoint(request: web.Request) -> web.Response:
 @requires("public")
 async def witnessed(request: web.Request) -> web.Response:
     """The checkpoints of other logs this node verified (for gossip between witnesses)."""
-    heads = _federation(request).witness.store.heads()
+    heads = await asyncio.to_thread(_federation(request).witness.store.heads)
     return json_response([{k: v for k, v in h.to_json().items() if k in ("origin", "size", "root", "note")}
                           for h in heads])
 
@@ -239,7 +240,7 @@ async def witnessed(request: web.Request) -> web.Response:
 @requires("public")
 async def forks(request: web.Request) -> web.Response:
     """Fork evidence this node holds: both signed notes and the proof (or its absence)."""
-    return json_response([f.to_json() for f in _federation(request).witness.store.forks()])
+    return json_response([f.to_json() for f in await asyncio.to_thread(_federation(request).witness.store.forks)])
 
 
 @routes.post(f"{PREFIX}/forks")
@@ -248,8 +249,8 @@ async def report_fork(request: web.Request) -> web.Response:
     """A peer reports a fork; it is checked here (both notes against our pinned keys, and the
     log asked for the proof) before it counts."""
     fed = _federation(request)
-    body = await request.content.read(3 * 8192 + 1)
-    if len(body) > 3 * 8192:
+    body = await request.content.read(MAX_REPORT_BYTES + 1)
+    if len(body) > MAX_REPORT_BYTES:
         raise ApiError(413, "payload_too_large", "fork reports are at most 24 KB")
     try:
         data = json.loads(body)
@@ -272,7 +273,7 @@ async def federation_status(request: web.Request) -> web.Response:
     found = await cosigned_checkpoint(request)
     ours: dict[str, Any] = {"origin": fed.origin, "size": None, "cosignatures": 0}
     if found is not None:
-        note = parse_note(found[0])
-        ours.update(size=parse_checkpoint(note.text).size, cosignatures=len(note.signatures) - 1)
+        ours.update(size=found[1], cosignatures=len(parse_note(found[0]).signatures) - 1)
+    forks = await asyncio.to_thread(fed.witness.store.forks)
     return json_response({"self": ours, "witness_vkey": fed.witness.vkey(), "peers": fed.peer_status(),
-                          "forks": len(fed.witness.store.forks())})
+                          "forks": len(forks)})

@@ -16,7 +16,7 @@ from ccn_node.store import queries
 
 routes = web.RouteTableDef()
 
-_FIELDS = ("phi", "ccc", "drift_baseline", "drift_consensus", "trust", "emergence")
+_FIELDS = TurnMetrics.__struct_fields__
 
 
 def _turn(metrics: dict[str, Any]) -> TurnMetrics:

@@ -14,19 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ccn_node.benchmarks.node import _pct, _ServedNode
 from ccn_node.replication import commands as c
 
 WORDS = [
     "garden", "orchid", "river", "memory", "continuity", "kiwi", "violin", "harbour", "lantern", "quartz",
     "meadow", "signal", "archive", "compass", "thunder", "velvet", "pepper", "glacier", "canyon", "ember",
 ]
-
-
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
 def generate(db_path: Path, messages: int, conversations: int = 1000, user: str = "bench",
@@ -129,7 +123,6 @@ def _sample(port: int, token: str, seconds: float, stop: threading.Event | None 
 
 def run_backup_bench(messages: int = 100_000, baseline_s: float = 5.0, encrypt: bool = True) -> dict[str, Any]:
     """Online backup of a ``messages`` corpus inside a served node, and read p95 around it."""
-    from ccn_node.benchmarks.node import _ServedNode
     from ccn_node.config import load_config, write_secret_file
     from ccn_node.store import backup
 
@@ -146,7 +139,7 @@ def run_backup_bench(messages: int = 100_000, baseline_s: float = 5.0, encrypt: 
         node.start()
         try:
             token = node.token("bench")
-            admin = _admin_token(node)
+            admin = node.token("root", "admin")
             _sample(node.port, token, 1.0)  # warm up
             quiet = _sample(node.port, token, baseline_s)
             stop = threading.Event()
@@ -176,14 +169,6 @@ def run_backup_bench(messages: int = 100_000, baseline_s: float = 5.0, encrypt: 
             "samples": [len(quiet), len(during)],
         },
     }
-
-
-def _admin_token(node: Any) -> str:
-    from ccn_node.api.auth import TokenAuthority
-    from ccn_node.config import jwt_secret, load_config
-
-    cfg = load_config(node.config)
-    return TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=3600).issue("root", "admin")
 
 
 def run(messages: int = 100_000) -> dict[str, Any]:

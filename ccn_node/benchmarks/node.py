@@ -82,21 +82,27 @@ class _ServedNode:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def token(self, user: str) -> str:
-        from ccn_node.api.auth import TokenAuthority
-        from ccn_node.config import jwt_secret, load_config
+    def token(self, user: str, role: str = "user") -> str:
+        """A one-hour token signed with this node's JWT key, minted as `ccn-node token` does."""
+        from ccn_node.cli import _issue_token
+        from ccn_node.config import load_config
 
-        cfg = load_config(self.config)
-        return TokenAuthority(jwt_secret(cfg), issuer=cfg.auth.issuer, ttl_s=3600).issue(user)
+        return _issue_token(load_config(self.config), user, role, 3600)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 15)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run_startup_bench(runs: int = 5) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import asyncio
 import http.client
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from ccn_node.benchmarks.node import _pct, _ServedNode, run_startup_bench, wait_ready
+from ccn_node.benchmarks.node import _free_port, _pct, _ServedNode, run_startup_bench, stop_process, wait_ready
 from ccn_node.monitoring import Monitoring
 
 SCRAPE_TARGET_MS = 10.0
@@ -108,8 +107,6 @@ def build_zipapp(out: Path) -> float:
 def run_zipapp_bench(pyz: str | None = None, runs: int = 3) -> dict[str, Any]:
     """Start → /ready of the zipapp in a clean environment: cold (empty SHIV_ROOT, so the archive
     is unpacked first) and warm (unpacked already)."""
-    from ccn_node.benchmarks.node import _free_port
-
     python = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,12 +129,7 @@ def run_zipapp_bench(pyz: str | None = None, runs: int = 3) -> dict[str, Any]:
                 try:
                     (cold if kind == "cold" else warm).append(wait_ready(port, proc, 120.0))
                 finally:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    stop_process(proc, 20)
         result.update({
             "python": python,
             "cold_start_to_ready_s": {"median": statistics.median(cold), "max": max(cold)},

@@ -91,8 +91,14 @@ class ContextAssembler:
         user_text: str,
         state: dict[str, Any] | None,
         exclude_message_ids: set[str] | None = None,
+        history: list[Turn] | None = None,
     ) -> AssembledContext:
-        """Assemble on a reader connection; every read is filtered by ``user_id`` in SQL."""
+        """Assemble on a reader connection; every read is filtered by ``user_id`` in SQL.
+
+        ``history``: the conversation's latest usable turns (oldest first) when the caller has
+        already read them in the same transaction — all of them, or at least
+        ``recent_turns + len(exclude_message_ids)`` — so they are not read a second time.
+        """
         exclude = set(exclude_message_ids or ())
         budget = self.settings.budget_tokens
         user_tokens = tokens_of(user_text)
@@ -109,7 +115,10 @@ class ContextAssembler:
         remaining -= state_tokens
 
         # Recent turns of this conversation: at least their share, more if relevant needs less.
-        recent_rows = _recent(conn, user_id, session_id, self.settings.recent_turns, exclude)
+        if history is None:
+            recent_rows = _recent(conn, user_id, session_id, self.settings.recent_turns, exclude)
+        else:
+            recent_rows = last_turns(history, self.settings.recent_turns, exclude)
         recent_cap = min(remaining, max(self._share("recent"), remaining - self._share("relevant")))
         recent_rows, recent_truncated = _fit_recent(recent_rows, recent_cap)
         recent_used = sum(_message_tokens(r.content) for r in recent_rows)
@@ -256,23 +265,32 @@ def _session_header(turn: Turn) -> str:
     return f"[{turn.created_at[:10]}]"
 
 
+RECENT_SQL = (
+    "SELECT message_id, session_id, seq, role, content, created_at FROM messages"
+    " WHERE session_id = ? AND user_id = ? AND kind = 'chat' AND erased_at IS NULL AND content != ''"
+    " ORDER BY seq DESC LIMIT ?"
+)
+
+
+def recent_turn(row: tuple[Any, ...]) -> Turn:
+    """A ``messages`` row (message_id, session_id, seq, role, content, created_at, ...) as a recent turn."""
+    return Turn(message_id=row[0], session_id=row[1], seq=row[2], role=row[3], content=row[4], created_at=row[5],
+                score=0.0, source="recent")
+
+
+def last_turns(turns: list[Turn], n: int, exclude: set[str]) -> list[Turn]:
+    """The last ``n`` of ``turns`` (oldest first) that are not excluded, oldest first."""
+    if n <= 0:
+        return []
+    return [t for t in turns if t.message_id not in exclude][-n:]
+
+
 def _recent(conn: apsw.Connection, user_id: str, session_id: str, n: int, exclude: set[str]) -> list[Turn]:
     """The last ``n`` turns of this conversation, oldest first (user filter in the query)."""
     if n <= 0:
         return []
-    rows = conn.execute(
-        "SELECT message_id, session_id, seq, role, content, created_at FROM messages"
-        " WHERE session_id = ? AND user_id = ? AND kind = 'chat' AND erased_at IS NULL AND content != ''"
-        " ORDER BY seq DESC LIMIT ?",
-        (session_id, user_id, n + len(exclude)),
-    ).fetchall()
-    turns = [
-        Turn(message_id=r[0], session_id=r[1], seq=r[2], role=r[3], content=r[4], created_at=r[5], score=0.0,
-             source="recent")
-        for r in rows
-        if r[0] not in exclude
-    ][:n]
-    return turns[::-1]
+    rows = conn.execute(RECENT_SQL, (session_id, user_id, n + len(exclude))).fetchall()
+    return last_turns([recent_turn(r) for r in reversed(rows)], n, exclude)
 
 
 def _fit_recent(rows: list[Turn], cap: int) -> tuple[list[Turn], bool]:

@@ -25,10 +25,11 @@ import numpy as np
 
 from ccn_node.clock import new_id, now_iso
 from ccn_node.continuity import metrics as seed_metrics
-from ccn_node.continuity.context import AssembledContext, ContextAssembler
+from ccn_node.continuity.context import AssembledContext, ContextAssembler, recent_turn
 from ccn_node.continuity.errors import Busy, Ended, Invalid, ModelDown, NotFound, QuotaExceeded
 from ccn_node.continuity.plate import Plate
 from ccn_node.continuity.probe import DIMENSIONS, RELATIONAL_DIMENSIONS, LexicalProbe, Probe, relational_state
+from ccn_node.continuity.retrieval import Turn
 from ccn_node.llm.base import (
     Completed,
     ModelBackend,
@@ -93,6 +94,9 @@ class TurnInputs:
     consensus: list[float] | None
     ccc_history: list[float] = field(default_factory=list)
     dialogue: list[tuple[str, str]] = field(default_factory=list)
+    # The latest usable turns, read with the dialogue so the assembler need not read them
+    # again; None when the window read could hold too few of them (the assembler reads).
+    history: list[Turn] | None = None
 
 
 @dataclass
@@ -103,7 +107,7 @@ class TurnHooks:
     on_turn: Callable[[str, TurnResult], None] | None = None
 
 
-class _SessionLocks:
+class SessionLocks:
     """One lock per conversation, dropped when nobody holds or waits for it."""
 
     def __init__(self) -> None:
@@ -122,7 +126,10 @@ class _SessionLocks:
             self._locks[session_id] = (lock, users - 1)
 
 
-def _load_turn_inputs(conn: apsw.Connection, user_id: str, session_id: str) -> TurnInputs | None:
+DIALOGUE_TURNS = 12  # turns the relational state is computed from
+
+
+def _load_turn_inputs(conn: apsw.Connection, user_id: str, session_id: str, recent_turns: int) -> TurnInputs | None:
     conv = queries.get_conversation(conn, user_id, session_id)
     if conv is None:
         return None
@@ -136,14 +143,20 @@ def _load_turn_inputs(conn: apsw.Connection, user_id: str, session_id: str) -> T
             (session_id,),
         ).fetchall()
     ]
-    dialogue = [
-        (r[0], r[1])
-        for r in conn.execute(
-            "SELECT role, content FROM messages WHERE session_id = ? AND kind = 'chat' ORDER BY seq DESC LIMIT 12",
-            (session_id,),
-        ).fetchall()
-    ][::-1]
-    return TurnInputs(conversation=conv, state=state, consensus=consensus, ccc_history=ccc[::-1], dialogue=dialogue)
+    # One read of the conversation's tail serves both the relational state (the last turns as
+    # stored) and the assembler's recent window (usable turns: not erased, not empty). One
+    # extra row covers the turn's own user message, which the assembler excludes.
+    window = max(DIALOGUE_TURNS, recent_turns + 1)
+    tail = conn.execute(
+        "SELECT message_id, session_id, seq, role, content, created_at, erased_at FROM messages"
+        " WHERE session_id = ? AND user_id = ? AND kind = 'chat' ORDER BY seq DESC LIMIT ?",
+        (session_id, user_id, window),
+    ).fetchall()[::-1]
+    dialogue = [(r[3], r[4]) for r in tail[-DIALOGUE_TURNS:]]
+    usable = [recent_turn(r) for r in tail if r[6] is None and r[4] != ""]
+    history = usable if len(tail) < window or len(usable) > recent_turns else None
+    return TurnInputs(conversation=conv, state=state, consensus=consensus, ccc_history=ccc[::-1], dialogue=dialogue,
+                      history=history)
 
 
 class ConversationService:
@@ -173,7 +186,7 @@ class ConversationService:
         self.token_budget = token_budget
         self.probe: Probe = probe or LexicalProbe()
         self.hooks = hooks or TurnHooks()
-        self._locks = _SessionLocks()
+        self._locks = SessionLocks()
         self._known_users: set[str] = set()
         self.turns_in_flight = 0
 
@@ -252,13 +265,13 @@ class ConversationService:
 
     async def context_state(self, user_id: str, session_id: str) -> dict[str, Any] | None:
         """The state block's data for a conversation (what a spawning instance is validated with)."""
-        inputs = await self.store.read(_load_turn_inputs, user_id, session_id)
+        inputs = await self.store.read(_load_turn_inputs, user_id, session_id, self.assembler.settings.recent_turns)
         return None if inputs is None else self._state_for_context(inputs)
 
     async def dry_run(self, user_id: str, session_id: str, content: str) -> AssembledContext:
         """The context the next turn would send, without calling the model or storing anything."""
         self._check_content(content)
-        inputs = await self.store.read(_load_turn_inputs, user_id, session_id)
+        inputs = await self.store.read(_load_turn_inputs, user_id, session_id, self.assembler.settings.recent_turns)
         if inputs is None:
             raise NotFound("conversation not found")
         return await self.store.read(self._assemble, user_id, session_id, content, inputs, set())
@@ -283,6 +296,7 @@ class ConversationService:
             user_text=content,
             state=self._state_for_context(inputs),
             exclude_message_ids=exclude,
+            history=inputs.history,
         )
 
     def _state_for_context(self, inputs: TurnInputs) -> dict[str, Any] | None:
@@ -333,7 +347,7 @@ class ConversationService:
         self, user_id: str, session_id: str, content: str, key: str | None, on_delta: DeltaSink | None
     ) -> TurnResult:
         started = time.perf_counter()
-        inputs = await self.store.read(_load_turn_inputs, user_id, session_id)
+        inputs = await self.store.read(_load_turn_inputs, user_id, session_id, self.assembler.settings.recent_turns)
         if inputs is None:
             raise NotFound("conversation not found")
         if inputs.conversation["status"] != "active":

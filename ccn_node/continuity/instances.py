@@ -32,6 +32,7 @@ import msgspec
 from ccn_node.clock import iso_from_unix, new_id, now_iso
 from ccn_node.config import ContinuitySettings
 from ccn_node.continuity.context import ContextAssembler, render_state
+from ccn_node.continuity.conversation import SessionLocks
 from ccn_node.continuity.errors import NotReady
 from ccn_node.continuity.plate import Plate, ValidationQuestion
 from ccn_node.continuity.validation import DEFAULT_TIMEOUT_S, ValidationOutcome, validate_with_retries
@@ -137,7 +138,7 @@ class InstanceManager:
         self.validate_non_language_models = validate_non_language_models
         self._live: dict[str, LiveInstance] = {}  # session id → instance
         self._revalidate: set[str] = set()  # sessions whose next spawn must validate (outliers)
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # session id → (lock, holders + waiters)
+        self._locks = SessionLocks()
         self._started_at = now_iso()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -206,10 +207,8 @@ class InstanceManager:
         One spawn per conversation at a time (the conversation service serialises turns too;
         this lock keeps other callers, e.g. the benchmark, from spawning twice).
         """
-        lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
-        self._locks[session_id] = (lock, users + 1)
         try:
-            async with lock:
+            async with self._locks.get(session_id):
                 live = self._live.get(session_id)
                 if live is not None:
                     live.touch()
@@ -217,11 +216,7 @@ class InstanceManager:
                 inst = await self.spawn(user_id, session_id)
                 return inst.instance_id, inst.validation_score
         finally:
-            lock, users = self._locks[session_id]
-            if users <= 1:
-                del self._locks[session_id]
-            else:
-                self._locks[session_id] = (lock, users - 1)
+            self._locks.release(session_id)
 
     def touch(self, session_id: str) -> None:
         """A turn finished: the instance heartbeats (in memory; its answer updates the registry)."""

@@ -269,7 +269,12 @@ def owner_token(user_id: str) -> str:
 
 def owned_match(user_id: str, terms: Iterable[QueryTerm]) -> str:
     """``owner : "<user>" AND content : (terms)``: FTS5 itself skips other users' rows."""
-    return f'owner : "{owner_token(user_id)}" AND content : ({fts_query(terms)})'
+    return _owned(user_id, f"({fts_query(terms)})")
+
+
+def _owned(user_id: str, content: str) -> str:
+    """A MATCH expression limited to the user's rows; ``content`` is already a quoted FTS5 expression."""
+    return f'owner : "{owner_token(user_id)}" AND content : {content}'
 
 
 # -- retrieval -----------------------------------------------------------------------------
@@ -517,22 +522,14 @@ def _fuse(
 
 # -- full-text search (the API endpoint) ---------------------------------------------------
 
-_SEARCH_SQL = """
+_SEARCH_FROM = """
 SELECT m.message_id, m.session_id, m.seq, m.created_at, m.role,
-       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, bm25(messages_fts, 1.0, 0.0) AS s
+       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, {score} AS s
 FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
 WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
-ORDER BY s, m.rowid LIMIT ? OFFSET ?
 """
-
-
-_PHRASE_SQL = """
-SELECT m.message_id, m.session_id, m.seq, m.created_at, m.role,
-       snippet(messages_fts, 0, '[', ']', '…', 16) AS snip, 0.0 AS s
-FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid
-WHERE messages_fts MATCH ? AND m.user_id = ? AND m.kind = 'chat' AND m.erased_at IS NULL
-ORDER BY messages_fts.rowid DESC LIMIT ? OFFSET ?
-"""
+_SEARCH_SQL = _SEARCH_FROM.format(score="bm25(messages_fts, 1.0, 0.0)") + "ORDER BY s, m.rowid LIMIT ? OFFSET ?"
+_PHRASE_SQL = _SEARCH_FROM.format(score="0.0") + "ORDER BY messages_fts.rowid DESC LIMIT ? OFFSET ?"
 
 
 def search(conn: apsw.Connection, user_id: str, q: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
@@ -552,8 +549,7 @@ def search(conn: apsw.Connection, user_id: str, q: str, limit: int = 20, offset:
         if not words:
             return []
         phrase = '"' + " ".join(words).replace('"', '""') + '"'
-        match = f'owner : "{owner_token(user_id)}" AND content : {phrase}'
-        rows = conn.execute(_PHRASE_SQL, (match, user_id, limit, offset)).fetchall()
+        rows = conn.execute(_PHRASE_SQL, (_owned(user_id, phrase), user_id, limit, offset)).fetchall()
     return [
         SearchHit(message_id=r[0], session_id=r[1], seq=r[2], created_at=r[3], role=r[4], snippet=r[5], score=-r[6])
         for r in rows

@@ -59,7 +59,7 @@ def _bulk_fill(conn: apsw.Connection, n: int) -> None:
         )
         if count < 2:
             break
-        level = b"".join([sha(b"\x01" + level[i : i + 64]).digest() for i in range(0, 64 * (count // 2), 64)])
+        level = chain._parents(level)
         lv += 1
 
 
@@ -176,15 +176,9 @@ def run_witness_bench(rounds: int = 200, seed: int = 1) -> dict[str, Any]:
     import aiohttp
     from aiohttp import web
 
-    from ccn_node.ledger.note import CosignatureSigner, open_checkpoint, verify_cosignature
-    from ccn_node.ledger.witness import (
-        PinnedLog,
-        Witness,
-        WitnessError,
-        WitnessStore,
-        format_add_checkpoint,
-        parse_signature_lines,
-    )
+    from ccn_node.ledger.federation import keep_cosignatures
+    from ccn_node.ledger.note import open_checkpoint
+    from ccn_node.ledger.witness import PinnedLog, WitnessError, WitnessStore, format_add_checkpoint, local_witness
 
     rnd = random.Random(seed)
     key = NoteSigner.generate(ORIGIN)
@@ -194,9 +188,8 @@ def run_witness_bench(rounds: int = 200, seed: int = 1) -> dict[str, Any]:
         conn.execute(ledger_schema_sql())
         tree = MerkleTree(conn)
         signer = chain.CheckpointSigner(conn, key)
-        store = WitnessStore(Path(tmp) / "witness.sqlite3")
-        cosigner = CosignatureSigner.generate("bench.ccn.invalid/witness")
-        witness = Witness(store, cosigner, {ORIGIN: PinnedLog(ORIGIN, (key.verifier(),))})
+        witness = local_witness(Path(tmp) / "witness.sqlite3", "bench.ccn.invalid/witness",
+                                PinnedLog(ORIGIN, (key.verifier(),)))
         ours = WitnessStore(Path(tmp) / "collected.sqlite3")
 
         async def handle(request: web.Request) -> web.Response:
@@ -245,9 +238,8 @@ def run_witness_bench(rounds: int = 200, seed: int = 1) -> dict[str, Any]:
                         if resp.status != 200:
                             raise RuntimeError(f"witness refused: {resp.status} {text}")
                     cp, _ = open_checkpoint(note, [key.verifier()], ORIGIN)
-                    for sig in parse_signature_lines(text):
-                        ts = verify_cosignature(cp.body(), sig, cosigner.verifier(), int(time.time()))
-                        ours.save_cosignature(sig, cp.size, cp.root, ts)
+                    if keep_cosignatures(ours, [witness.verifier()], cp, text, now=time.time()) != 1:
+                        raise RuntimeError(f"witness cosignature does not verify: {text!r}")
                     times.append(time.perf_counter() - t)
                     old = size
             return times[5:]  # the first rounds open the connection and warm the caches
@@ -257,7 +249,7 @@ def run_witness_bench(rounds: int = 200, seed: int = 1) -> dict[str, Any]:
         finally:
             server_loop.call_soon_threadsafe(server_loop.stop)
             thread.join(10)
-            store.close()
+            witness.store.close()
             ours.close()
             conn.close()
     median_ms = statistics.median(times) * 1e3

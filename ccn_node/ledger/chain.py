@@ -217,7 +217,9 @@ class CheckpointSigner:
 
     def sign(self, size: int, root: bytes, proof: Sequence[bytes] | None = None) -> str:
         """Sign (size, root); ``proof`` must prove consistency from the last signed head."""
-        last = self.last_signed()
+        return self._sign(self.last_signed(), size, root, proof)
+
+    def _sign(self, last: tuple[int, bytes] | None, size: int, root: bytes, proof: Sequence[bytes] | None) -> str:
         if last is not None:
             last_size, last_root = last
             if size < last_size:
@@ -249,7 +251,7 @@ class CheckpointSigner:
         proof = None
         if last is not None and 0 < last[0] < size:
             proof = tree.consistency_proof(last[0], size)
-        return size, root, self.sign(size, root, proof)
+        return size, root, self._sign(last, size, root, proof)
 
 
 def seal_block(

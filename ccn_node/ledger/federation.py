@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from ccn_node.ledger.note import (
     open_checkpoint,
     parse_checkpoint,
     parse_note,
+    parse_signature_line,
     verify_cosignature,
 )
 from ccn_node.ledger.witness import (
@@ -236,14 +238,13 @@ class Federation:
                 await self._fork(ForkEvidence(peer.origin, head.note, note, (), "same size, different roots", True))
             return
         lo, hi = (head, cp) if head.size < cp.size else (cp, head)
-        lo_root = lo.root
         proof = await self._get_proof(peer, lo.size, hi.size)
         if proof is None:
             if cp.size > head.size:
                 log.warning("peer %s gave no consistency proof %d -> %d", peer.origin, lo.size, hi.size)
             return  # an error answer (a lagging replica, an overload) proves nothing
         try:
-            merkle.verify_consistency(lo.size, hi.size, proof, lo_root, hi.root)
+            merkle.verify_consistency(lo.size, hi.size, proof, lo.root, hi.root)
         except ProofError as exc:
             lo_note, hi_note = (head.note, note) if head.size < cp.size else (note, head.note)
             await self._fork(ForkEvidence(peer.origin, lo_note, hi_note, tuple(b64encode(p) for p in proof),
@@ -281,22 +282,16 @@ class Federation:
                             body[:200])
                 return
             self._pushed[peer.origin] = cp.size
-            await asyncio.to_thread(self._keep_cosignatures, peer, cp, body)
+            await asyncio.to_thread(keep_cosignatures, self.witness.store, peer.witnesses, cp, body, now=time.time())
             return
 
     def _have_cosignature(self, peer: PinnedLog, cp: Checkpoint) -> bool:
-        lines = self.witness.store.cosignatures(cp.size, cp.root)
         keys = {(w.name, w.key_id) for w in peer.witnesses}
         try:
-            sigs = parse_signature_lines("".join(x + "\n" for x in lines)) if lines else []
+            sigs = [parse_signature_line(x) for x in self.witness.store.cosignatures(cp.size, cp.root)]
         except NoteError:
             return False
         return any((s.name, s.key_id) in keys for s in sigs)
-
-    def _keep_cosignatures(self, peer: PinnedLog, cp: Checkpoint, body: str) -> int:
-        """Store the response's cosignatures by this peer's pinned witness keys; the rest
-        (unknown keys, bad signatures, dated > 5 min ahead) are dropped."""
-        return keep_cosignatures(self.witness.store, peer.witnesses, cp, body, now=time.time())
 
     # -- gossip --------------------------------------------------------------------------
 
@@ -435,7 +430,7 @@ class Federation:
         ev_id, new = await asyncio.to_thread(self.witness.store.add_fork, ev, f"peer:{reporter}")
         if new and confirmed:
             self._fork_noticed(ev)
-        return ForkEvidence(origin, lo_note, hi_note, proof_b64, reason, confirmed, id=ev_id)
+        return dataclasses.replace(ev, id=ev_id)
 
     # -- status --------------------------------------------------------------------------
 

@@ -322,18 +322,23 @@ def parse_note(msg: str | bytes, max_bytes: int = MAX_NOTE_BYTES) -> Note:
         raise MalformedNote("note must end with a signature line and a newline")
     sigs: list[Signature] = []
     for line in block[:-1].split("\n"):
-        if not line.startswith(SIG_DASH):
-            raise MalformedNote("signature line must start with an em dash and a space")
-        name, sep, b64 = line[len(SIG_DASH) :].partition(" ")
-        if not sep or not valid_key_name(name) or not b64:
-            raise MalformedNote("signature line must be '— name base64'")
-        blob = b64decode_strict(b64)
-        if len(blob) < 5:
-            raise MalformedNote("signature too short")
-        sigs.append(Signature(name, blob[:4], blob[4:]))
+        sigs.append(parse_signature_line(line))
         if len(sigs) > MAX_SIGNATURES:
             raise MalformedNote("too many signatures")
     return Note(text, tuple(sigs))
+
+
+def parse_signature_line(line: str) -> Signature:
+    """One ``— name base64(keyid‖sig)`` line (without its newline)."""
+    if not line.startswith(SIG_DASH):
+        raise MalformedNote("signature line must start with an em dash and a space")
+    name, sep, b64 = line[len(SIG_DASH) :].partition(" ")
+    if not sep or not valid_key_name(name) or not b64:
+        raise MalformedNote("signature line must be '— name base64'")
+    blob = b64decode_strict(b64)
+    if len(blob) < 5:
+        raise MalformedNote("signature too short")
+    return Signature(name, blob[:4], blob[4:])
 
 
 def open_note(msg: str | bytes, verifiers: Iterable[Verifier], max_bytes: int = MAX_NOTE_BYTES) -> Note:

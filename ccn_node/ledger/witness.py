@@ -28,7 +28,6 @@ from ccn_node.ledger import merkle
 from ccn_node.ledger.merkle import ProofError
 from ccn_node.ledger.note import (
     MAX_TREE_SIZE,
-    SIG_DASH,
     Checkpoint,
     CosignatureSigner,
     CosignatureVerifier,
@@ -42,6 +41,7 @@ from ccn_node.ledger.note import (
     open_checkpoint,
     parse_checkpoint,
     parse_note,
+    parse_signature_line,
     verify_cosignature,
 )
 from ccn_node.ledger.schema import witness_schema_sql
@@ -207,15 +207,7 @@ def parse_signature_lines(text: str, max_lines: int = 16) -> list[Signature]:
         raise MalformedNote("signature lines must end with a newline and be short")
     out = []
     for line in text[:-1].split("\n"):
-        if not line.startswith(SIG_DASH):
-            raise MalformedNote("signature line must start with an em dash and a space")
-        name, sep, b64 = line[len(SIG_DASH):].partition(" ")
-        if not sep or not name:
-            raise MalformedNote("signature line must be '— name base64'")
-        blob = b64decode_strict(b64)
-        if len(blob) < 5:
-            raise MalformedNote("signature too short")
-        out.append(Signature(name, blob[:4], blob[4:]))
+        out.append(parse_signature_line(line))
         if len(out) > max_lines:
             raise MalformedNote("too many signature lines")
     return out
@@ -448,7 +440,7 @@ class Witness:
             if head is not None and head.size == cp.size:
                 if head.root != cp.root:
                     ev = ForkEvidence(cp.origin, head.note, req.note, (), "same size, different roots", True)
-                    self.add_fork_in(conn, ev)
+                    WitnessStore.add_fork_in(conn, ev, "self")
                     return ev
                 WitnessStore.put_head(conn, cp, req.note, "add-checkpoint")
                 return None
@@ -469,9 +461,12 @@ class Witness:
                                "a different root was recorded at this size: fork evidence kept")
         return self.cosign(cp).line() + "\n"
 
-    def add_fork_in(self, conn: apsw.Connection, ev: ForkEvidence, source: str = "self") -> bool:
-        return WitnessStore.add_fork_in(conn, ev, source)[1]
-
     def cosign(self, cp: Checkpoint) -> Signature:
         """A cosignature/v1 line over ``cp``, dated now (never 0, as the spec requires)."""
         return cosign(cp.body(), self.signer, max(1, int(self.clock())))
+
+
+def local_witness(path: str | Path, name: str, *logs: PinnedLog) -> Witness:
+    """A witness of ``logs`` with a fresh cosigning key named ``name``, its state in ``path``
+    (benchmarks and tests; a node loads its key from ``federation.witness_key_file``)."""
+    return Witness(WitnessStore(path), CosignatureSigner.generate(name), {lg.origin: lg for lg in logs})

@@ -40,9 +40,9 @@ _NIL = _Raw(b"\xc0")
 class _LeafMessage(msgspec.Struct, tag_field="t", tag="msg.append", kw_only=True, frozen=True, gc=False):
     """The ``msg.append`` leaf as the audit reads it: JSON-like fields stay raw msgpack (no
     dicts or float lists built per row) and instances are not GC-tracked — 3x faster to
-    decode than ``commands.AppendMessage``. Must list every field of AppendMessage."""
+    decode than ``commands.AppendMessage``. Lists every field of AppendMessage in its order
+    (the base's ``request_id`` last, as msgspec orders it); checked at import below."""
 
-    request_id: str
     message_id: str
     session_id: str
     user_id: str
@@ -62,7 +62,16 @@ class _LeafMessage(msgspec.Struct, tag_field="t", tag="msg.append", kw_only=True
     kind: str = "chat"
     content_sha256: str | None = None
     erased_at: str | None = None
+    request_id: str
 
+
+if (_LeafMessage.__struct_fields__, _LeafMessage.__struct_config__.tag) != (
+    c.AppendMessage.__struct_fields__, c.AppendMessage.__struct_config__.tag
+):  # drift would make the audit misread (or reject) every message leaf: fail at import instead
+    raise ImportError(
+        f"audit._LeafMessage fields {_LeafMessage.__struct_fields__} no longer match commands.AppendMessage"
+        f" {c.AppendMessage.__struct_fields__}: update _LeafMessage"
+    )
 
 _decode_message = msgspec.msgpack.Decoder(_LeafMessage).decode
 
@@ -388,7 +397,6 @@ def verify_database(path: str | Path, verifiers: list[Any], *, origin: str | Non
         finally:
             conn.close()
     return VerifyReport(report, rows, problem, time.perf_counter() - start)
-
 
 
 def run_verify_bench(n: int = 1_000_000, block_every: int = 1000, per_conversation: int = 1000) -> dict[str, Any]:

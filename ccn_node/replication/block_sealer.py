@@ -28,10 +28,25 @@ from ccn_node.store.database import Store
 log = logging.getLogger(__name__)
 
 
-def _seal_inputs(conn: apsw.Connection) -> tuple[int, int, str]:
-    """(next block number, size the last block sealed, the consensus summary as canonical JSON)."""
+def _ledger_state(conn: apsw.Connection) -> tuple[int, int, int]:
+    """(next block number, ledger size below or at which there is nothing new to seal, size now).
+
+    A block's own SealBlock leaf lands right after the size it sealed, so the floor is one
+    above it: an idle node would otherwise seal forever."""
     block = last_block(conn)
     size = MerkleTree(conn).size()
+    if block is None:
+        return 1, 0, size
+    return block.block_number + 1, block.tree_size + 1, size
+
+
+def _seal_inputs(conn: apsw.Connection) -> tuple[int, int, str] | None:
+    """(next block number, tree size to seal, the consensus summary as canonical JSON), or None
+    if the ledger did not grow since the last block. One read: the summary's ``ledger_size``
+    is the sealed tree size."""
+    number, floor, size = _ledger_state(conn)
+    if size <= floor:
+        return None
     rows = conn.execute(
         "SELECT round_id, created_at, instance_count, consensus_vector, outliers FROM consensus_log"
         " ORDER BY created_at DESC LIMIT 1"
@@ -41,14 +56,7 @@ def _seal_inputs(conn: apsw.Connection) -> tuple[int, int, str]:
         round_id, created_at, count, vector, outliers = rows[0]
         summary["consensus"] = {"round_id": round_id, "at": created_at, "instances": count,
                                 "vector": json.loads(vector), "outliers": json.loads(outliers)}
-    return (1 if block is None else block.block_number + 1, 0 if block is None else block.tree_size,
-            canonical_json(summary))
-
-
-def _unsealed_floor(next_number: int, sealed_size: int) -> int:
-    """Ledger size below which there is nothing new to seal: a block's own SealBlock leaf
-    lands right after the size it sealed, so an idle node would otherwise seal forever."""
-    return 0 if next_number == 1 else sealed_size + 1
+    return number, size, canonical_json(summary)
 
 
 class BlockSealer:
@@ -60,32 +68,27 @@ class BlockSealer:
         self.duty = LeaderTask("ccn-block-sealer", self._run)
         self.on_leadership = self.duty.on_leadership
         self.stop = self.duty.stop
-        self.sealed = 0
 
     async def seal_now(self) -> dict[str, Any] | None:
         """Seal if the ledger grew since the last block; returns the applied outcome or None."""
-        number, sealed_size, snapshot = await self.store.read(_seal_inputs)
-        size = await self.store.read(lambda conn: MerkleTree(conn).size())
-        if size <= _unsealed_floor(number, sealed_size):
+        inputs = await self.store.read(_seal_inputs)
+        if inputs is None:
             return None
+        number, size, snapshot = inputs
         cmd = c.SealBlock(request_id=new_id("r"), block_number=number, tree_size=size,
                           sealed_at_ms=int(time.time() * 1000), data_snapshot=snapshot)
         try:
-            value = await self.proposer.submit(cmd)
+            return await self.proposer.submit(cmd)
         except CommandRejected as exc:
             log.info("seal of block %d refused: %s", number, exc)
             return None
-        self.sealed += 1
-        return value
 
     async def _run(self) -> None:
         last_seal = time.monotonic()
         while True:
             await asyncio.sleep(min(0.5, self.every_seconds))
             try:
-                number, sealed_size, _ = await self.store.read(_seal_inputs)
-                floor = _unsealed_floor(number, sealed_size)
-                size = await self.store.read(lambda conn: MerkleTree(conn).size())
+                _, floor, size = await self.store.read(_ledger_state)
                 due = size - floor >= self.every_entries or (
                     size > floor and time.monotonic() - last_seal >= self.every_seconds
                 )

@@ -158,6 +158,8 @@ class RaftStateMachine(Protocol):
 
     def commit(self) -> None: ...
 
+    def abort(self) -> None: ...
+
     def backup_to(self, path: str) -> None: ...
 
     def restore_from(self, path: str) -> bool: ...
@@ -905,10 +907,9 @@ class RaftLog:
         """Fail-stop: no more ticks, port closed; pending outcomes become unknown."""
         exc = self._fatal
         assert exc is not None and self._loop is not None
-        abort = getattr(self.sm, "abort", None)
-        if self._in_txn and abort is not None:
+        if self._in_txn:
             with contextlib.suppress(Exception):
-                abort()
+                self.sm.abort()
         self._in_txn = False
         if self._transport is not None:
             self._transport.held = []

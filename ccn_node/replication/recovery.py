@@ -27,8 +27,7 @@ import apsw
 from ccn_node.clock import normalize_iso
 from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.ledger.tree_store import MerkleTree
-from ccn_node.replication import commands as c
-from ccn_node.replication.state_machine import StateMachine
+from ccn_node.replication.state_machine import StateMachine, erase_messages
 from ccn_node.store import backup, journal
 from ccn_node.store.database import open_connection
 from ccn_node.store.schema import migrate
@@ -80,14 +79,7 @@ def resolve(conn: apsw.Connection, target: Target) -> int:
 def purge_user(conn: apsw.Connection, user_id: str, before: str | None, erased_at: str) -> int:
     """Apply an erasure's effect to a copy (not through the log): content → '', hash kept,
     journal entries scrubbed. Returns the number of messages changed."""
-    sql = "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ? AND erased_at IS NULL"
-    args: list[Any] = [erased_at, user_id]
-    if before is not None:
-        sql += " AND created_at < ?"
-        args.append(before)
-    rows = conn.execute(sql + " RETURNING log_index", args).fetchall()
-    journal.rewrite(conn, [r[0] for r in rows], lambda e: c.erased_entry(e, erased_at))
-    return len(rows)
+    return erase_messages(conn, user_id, before, erased_at, recount_replayed=False)
 
 
 def _replay(sm: StateMachine, batch: list[tuple[int, bytes]]) -> None:

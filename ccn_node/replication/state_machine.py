@@ -105,9 +105,6 @@ class StateMachine:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
         return int(row[0][0]) if row else default
 
-    def _load_applied_index(self) -> int:
-        return self._load_meta_int("applied_index")
-
     def _load_indexes(self) -> None:
         """Log-entry index (for replay skipping) and command index (one per applied command)."""
         self.applied_index = self._load_meta_int("applied_index")
@@ -637,28 +634,37 @@ class StateMachine:
         return {"block_number": block.block_number, "tree_size": block.tree_size, "current_hash": block.current_hash}
 
     def _erase_user_data(self, cmd: c.EraseUserData, index: int) -> dict[str, Any]:
-        # "erased_at = ?": on a journal replay the messages this erasure removed arrive already
-        # erased (their journal entries were scrubbed) with this very time; count them again.
-        if cmd.before is None:
-            rows = self.conn.execute(
-                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ?"
-                " AND (erased_at IS NULL OR erased_at = ?) RETURNING log_index",
-                (cmd.erased_at, cmd.user_id, cmd.erased_at),
-            ).fetchall()
-        else:
-            rows = self.conn.execute(
-                "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ?"
-                " AND (erased_at IS NULL OR erased_at = ?) AND created_at < ? RETURNING log_index",
-                (cmd.erased_at, cmd.user_id, cmd.erased_at, cmd.before),
-            ).fetchall()
-        # The journal must not keep what was erased: rewrite those entries without content.
-        journal.rewrite(self.conn, [r[0] for r in rows], lambda e: c.erased_entry(e, cmd.erased_at))
+        # On a journal replay the messages this erasure removed arrive already erased (their
+        # journal entries were scrubbed) with this very time: count them again.
+        erased = erase_messages(self.conn, cmd.user_id, cmd.before, cmd.erased_at, recount_replayed=True)
         self.conn.execute(
             "INSERT INTO erasures(user_id, erased_at, before, reason, messages_erased, log_index)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (cmd.user_id, cmd.erased_at, cmd.before, cmd.reason, len(rows), index),
+            (cmd.user_id, cmd.erased_at, cmd.before, cmd.reason, erased, index),
         )
-        return {"messages_erased": len(rows)}
+        return {"messages_erased": erased}
+
+
+def erase_messages(
+    conn: apsw.Connection, user_id: str, before: str | None, erased_at: str, *, recount_replayed: bool
+) -> int:
+    """Empty the content of a user's messages (created before ``before``, if given), keep their
+    hash, stamp ``erased_at`` and scrub their journal entries, so no replay brings the content
+    back. Returns how many messages it erased; with ``recount_replayed`` the messages already
+    erased at this very time (a journal replay of the erasure) count too."""
+    sql = "UPDATE messages SET content = '', erased_at = ? WHERE user_id = ?"
+    args: list[Any] = [erased_at, user_id]
+    if recount_replayed:
+        sql += " AND (erased_at IS NULL OR erased_at = ?)"
+        args.append(erased_at)
+    else:
+        sql += " AND erased_at IS NULL"
+    if before is not None:
+        sql += " AND created_at < ?"
+        args.append(before)
+    rows = conn.execute(sql + " RETURNING log_index", args).fetchall()
+    journal.rewrite(conn, [r[0] for r in rows], lambda e: c.erased_entry(e, erased_at))
+    return len(rows)
 
 
 _INSERT_MESSAGE = (
@@ -669,7 +675,7 @@ _INSERT_MESSAGE = (
 _MESSAGE_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 500  # 21 parameters a row, well below SQLite's 32766
 
-_STAMPS = ("created_at", "recorded_at", "ended_at", "spawned_at", "at", "sealed_at", "erased_at")
+_STAMPS = ("created_at", "recorded_at", "ended_at", "spawned_at", "at", "erased_at")
 
 
 def _stamp(command: c.Command) -> str | None:
