@@ -119,6 +119,7 @@ class Node:
             )
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        self.store.start_checkpointer()
         key_file = cfg.path(cfg.ledger.key_file)
         try:
             signer = load_signer(ledger_origin(cfg), read_secret_file(key_file, file=cfg.source, key="ledger.key_file"))

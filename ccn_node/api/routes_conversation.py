@@ -74,9 +74,9 @@ async def apply_consistency(request: web.Request, default: str = "local") -> Non
     if level == "local":
         return
     if level == "leader":
-        check = getattr(log, "check_leader_read", None)
-        if check is not None:  # RaftLog: NotLeaderError / NoQuorumError (leader lease) → 503
-            check()
+        leader_read = getattr(log, "leader_read", None)
+        if leader_read is not None:  # RaftLog: NotLeaderError / NoQuorumError (leader lease) → 503
+            await leader_read(services(request).config.limits.propose_timeout_s)
             return
         status = log.status()
         if not log.is_leader() or not status.has_quorum:

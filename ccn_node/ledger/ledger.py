@@ -49,6 +49,15 @@ class Ledger:
     def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int:
         return self.tree.append(leaf_bytes, kind, ref)
 
+    def defer(self) -> None:
+        self.tree.defer()
+
+    def flush(self) -> None:
+        self.tree.flush()
+
+    def held(self) -> int:
+        return self.tree.held()
+
     def reset_cache(self) -> None:
         self.tree.reset_cache()
 

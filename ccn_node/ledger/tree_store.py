@@ -16,8 +16,11 @@ import apsw
 from ccn_node.ledger import merkle
 from ccn_node.ledger.merkle import NodeId, ProofError
 from ccn_node.ledger.schema import ledger_schema_sql
+from ccn_node.store.database import insert_many
 
 __all__ = ["Leaf", "MerkleTree", "ledger_schema_sql"]
+
+_ROWS_PER_INSERT = 1000  # at most 4 parameters a row: far below SQLite's 32766
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +48,21 @@ class MerkleTree:
         self._size: int | None = None
         self._frontier: list[tuple[int, bytes]] = []  # (level, hash), largest first
         self._last_leaf: bytes = b""
+        # Between defer() and flush(): leaf and node rows waiting for multi-row INSERTs.
+        self._leaf_rows: list[tuple[int, str, str, bytes]] | None = None
+        self._node_rows: list[tuple[int, int, bytes]] = []
 
     # -- writes ------------------------------------------------------------------------
 
     def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int:
         """Add one leaf; returns its index. Must run inside the caller's transaction."""
-        size = self._checked_size()
+        deferred = self._leaf_rows
+        if deferred is None:
+            size = self._checked_size()
+        else:
+            assert self._size is not None
+            size = self._size
         h = merkle.leaf_hash(leaf_bytes)
-        self._conn.execute(
-            "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes) VALUES (?, ?, ?, ?)",
-            (size, kind, ref, leaf_bytes),
-        )
         rows = [(0, size, h)]
         frontier = self._frontier
         i, level, node = size, 0, h
@@ -66,16 +73,48 @@ class MerkleTree:
             level += 1
             rows.append((level, i, node))
         frontier.append((level, node))
-        self._conn.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
+        if deferred is None:
+            self._conn.execute(
+                "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes) VALUES (?, ?, ?, ?)",
+                (size, kind, ref, leaf_bytes),
+            )
+            self._conn.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
+        else:
+            deferred.append((size, kind, ref, leaf_bytes))
+            self._node_rows.extend(rows)
         self._size = size + 1
         self._last_leaf = h
         return size
 
+    def defer(self) -> None:
+        """Hold the rows of the next appends for one ``flush()`` (a Batch's fast path: a few
+        multi-row INSERTs cost less than two statements per leaf). Reads of the tree see only
+        flushed rows, so flush before anything reads it (a seal, a proof)."""
+        if self._leaf_rows is None:
+            self._checked_size()
+            self._leaf_rows, self._node_rows = [], []
+
+    def flush(self) -> None:
+        """Write the held rows and stop holding; a no-op when nothing is held."""
+        leaves, nodes = self._leaf_rows, self._node_rows
+        self._leaf_rows, self._node_rows = None, []
+        if not leaves:
+            return
+        insert_many(self._conn, "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes)", "(?,?,?,?)", leaves,
+                    per_statement=_ROWS_PER_INSERT)
+        insert_many(self._conn, "INSERT INTO ledger_nodes(level, idx, hash)", "(?,?,?)", nodes,
+                    per_statement=_ROWS_PER_INSERT)
+
+    def held(self) -> int:
+        """Leaves appended since ``defer()`` and not yet flushed."""
+        return len(self._leaf_rows or ())
+
     def reset_cache(self) -> None:
-        """Forget the cached frontier (call after a rollback, or after a restore)."""
+        """Forget the cached frontier and any held rows (after a rollback, or a restore)."""
         self._size = None
         self._frontier = []
         self._last_leaf = b""
+        self._leaf_rows, self._node_rows = None, []
 
     def _checked_size(self) -> int:
         row = self._conn.execute(

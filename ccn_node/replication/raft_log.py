@@ -69,6 +69,7 @@ from ccn_node.replication.log import (
     OutcomeUnknownError,
     PeerStatus,
 )
+from ccn_node.replication.raft_apply import Applier, CommittedEntry
 from ccn_node.replication.raft_snapshot import (
     SnapshotHeader,
     fsync_dir,
@@ -303,7 +304,6 @@ class _Proposal:
     attempt: int = 0
     maybe_applied: bool = False  # some attempt may have been appended to the log
     waiting: bool = False  # between attempts (certainly nothing of this attempt in the log)
-    timer: asyncio.TimerHandle | None = None
     done_at: list[float] = field(default_factory=list)
 
 
@@ -318,6 +318,7 @@ class _SnapshotJob:
 
 _ROLE = {0: "follower", 1: "candidate", 2: "leader"}
 _RETRY_S = 0.02
+_SWEEP_S = 0.05
 _LEADER_WAIT_S = 0.1
 
 
@@ -361,8 +362,9 @@ class RaftLog:
         self._fatal: BaseException | None = None
         # tick-thread state
         self._tick_ident: int | None = None
-        self._in_txn = False
-        self._outcomes: list[tuple[_Proposal, int, Any, int]] = []
+        self._report_lock = threading.Lock()  # CommittedEntry.reported / .waiters: tick vs apply thread
+        self._outcomes: list[tuple[list[tuple[_Proposal, int]], Any, int]] = []
+        self._applier = Applier(state_machine, self._on_applied, self._on_apply_failed)
         self._snap_job: _SnapshotJob | None = None
         self._snap_generation = 0
         self._snapshot_installed = False
@@ -380,6 +382,8 @@ class RaftLog:
         self._wake_fds: tuple[int, int] | None = None
         # loop-thread state
         self._in_flight: set[_Proposal] = set()
+        self._sweep: asyncio.TimerHandle | None = None  # the deadline sweep, while proposals wait
+        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []  # (raft index, future)
         self._leader_waiters: set[_Proposal] = set()
         self._leadership_listeners: list[Callable[[bool], None]] = []
         self._fatal_listeners: list[Callable[[BaseException], None]] = []
@@ -405,6 +409,9 @@ class RaftLog:
             self._thread = None
         for prop in list(self._in_flight):
             self._finish_error(prop, self._undecided_error(prop, "the node is stopping", stopping=True))
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
 
     # -- the CommandLog interface ------------------------------------------------------------
 
@@ -442,6 +449,32 @@ class RaftLog:
             raise NotLeaderError(f"this node is not the leader (leader: {leader or 'unknown'})")
         if not self.has_leader_lease():
             raise NoQuorumError("this leader has not heard from a majority recently", retry_after=1.0)
+
+    async def leader_read(self, timeout: float | None = None) -> None:
+        """Before a ``leader`` read: refuse on a follower or a cut-off leader, then wait until
+        the apply thread has committed everything this leader knows to be committed, so a
+        write acknowledged by any node is visible here."""
+        self.check_leader_read()
+        raft = self._raft
+        if raft is None:
+            raise LogStoppedError("the raft log is not running")
+        await self._wait_applied(raft.raftCommitIndex, timeout)
+
+    async def _wait_applied(self, index: int, timeout: float | None) -> None:
+        if self._applier.applied_index >= index:
+            return
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._apply_waiters.append((index, future))
+        if self._applier.applied_index >= index:  # applied between the check and the append
+            return
+        wait = self.settings.propose_timeout_s if timeout is None else timeout
+        try:
+            await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            raise NoQuorumError(f"this node has not applied index {index} in {wait:g}s", retry_after=1.0) from None
+        finally:
+            self._apply_waiters = [(i, f) for i, f in self._apply_waiters if f is not future]
 
     def add_leadership_listener(self, callback: Callable[[bool], None]) -> None:
         """Called on the event loop with True once this node leads and has applied its
@@ -504,14 +537,25 @@ class RaftLog:
         wait = self.settings.propose_timeout_s if timeout is None else timeout
         prop = _Proposal(entry, request_id, loop.create_future(), loop.time() + wait)
         self._in_flight.add(prop)
-        prop.timer = loop.call_at(prop.deadline, self._expire, prop)
+        if self._sweep is None:
+            self._sweep = loop.call_later(_SWEEP_S, self._sweep_deadlines)
         self._submit(prop)
         try:
-            return await asyncio.shield(prop.future)
+            return await prop.future
         finally:
-            if not prop.future.done():  # the caller was cancelled: nothing more to report
+            if prop.future.cancelled() or not prop.future.done():  # the caller was cancelled
                 prop.future.cancel()
                 self._forget(prop)
+
+    def _sweep_deadlines(self) -> None:
+        """One timer for all proposals (not one each): expire those past their deadline."""
+        assert self._loop is not None
+        self._sweep = None
+        now = self._loop.time()
+        for prop in [p for p in self._in_flight if p.deadline <= now]:
+            self._expire(prop)
+        if self._in_flight:
+            self._sweep = self._loop.call_later(_SWEEP_S, self._sweep_deadlines)
 
     def _submit(self, prop: _Proposal) -> None:
         if prop.future.done():
@@ -574,14 +618,51 @@ class RaftLog:
         raft.apply_entry(entry, callback=functools.partial(self._on_outcome, group))
 
     def _on_outcome(self, group: list[tuple[_Proposal, int]], result: Any, error: int) -> None:
-        """pysyncobj's callback, on the tick thread: deferred until the tick's COMMIT."""
+        """pysyncobj's callback, on the tick thread. A success waits for the apply thread's
+        COMMIT of that entry; a failure is delivered at the end of the tick."""
+        if error == FAIL_REASON.SUCCESS and isinstance(result, CommittedEntry):
+            with self._report_lock:
+                if not result.reported:
+                    result.waiters.append(group)
+                    return
+            result = result.results  # the apply thread was quicker than this callback
         self._outcomes.append((group, result, error))
+
+    def _on_applied(self, entries: list[CommittedEntry], applied_index: int) -> None:
+        """Apply thread, after each COMMIT: resolve the proposals the entries carried."""
+        with self._report_lock:
+            for item in entries:
+                item.reported = True
+            outcomes = [(group, item.results, FAIL_REASON.SUCCESS) for item in entries for group in item.waiters]
+        loop = self._loop
+        if loop is not None and (outcomes or self._apply_waiters):
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._after_apply, outcomes, applied_index)
+
+    def _after_apply(self, outcomes: list[tuple[list[tuple[_Proposal, int]], Any, int]], applied: int) -> None:
+        self._deliver(outcomes)
+        if self._apply_waiters:
+            still = []
+            for index, future in self._apply_waiters:
+                if applied >= index:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    still.append((index, future))
+            self._apply_waiters = still
+
+    def _on_apply_failed(self, exc: BaseException) -> None:
+        """Apply thread: the state machine raised (disk, I/O). Stop the node; wake the tick."""
+        self._set_fatal(exc, "apply failed")
+        self._wake()
 
     def _deliver(self, outcomes: list[tuple[list[tuple[_Proposal, int]], Any, int]]) -> None:
         """Split each entry's outcome among the proposals it carried (results are in order)."""
         for group, result, error in outcomes:
             for i, (prop, attempt) in enumerate(group):
                 one = result
+                if isinstance(result, CommittedEntry):
+                    one = None  # cannot happen (successes carry their results); be safe
                 if isinstance(result, list):
                     # a replayed entry answers with one placeholder for the whole Batch
                     one = result[i] if len(result) == len(group) else result[0]
@@ -680,9 +761,6 @@ class RaftLog:
         prop.waiting = False
         self._in_flight.discard(prop)
         self._leader_waiters.discard(prop)
-        if prop.timer is not None:
-            prop.timer.cancel()
-            prop.timer = None
 
     # -- the tick thread -------------------------------------------------------------------------
 
@@ -712,15 +790,20 @@ class RaftLog:
         try:
             raft = self._build()
         except BaseException as exc:  # bind failure, bad settings: start() raises it
+            self._applier.stop()
             ready.set_exception(exc)
             return
         ready.set_result(None)
         # pysyncobj runs tick callbacks after its Raft work and right before it blocks in
-        # poll(): COMMIT, flush and replies go out there, not after the poll has waited.
+        # poll(): the flush, the hand-over to the apply thread and replies go out there, not
+        # after the poll has waited.
         raft.addOnTickCallback(self._end_tick_guarded)
         wait = self.settings.tick_wait_s
         while not self._stop.is_set():
             try:
+                # Entries a follower received during the poll: flushed and acknowledged now,
+                # before this tick's Raft work, so the leader hears back as soon as possible.
+                self._flush_journal()
                 self._drain(raft)
                 raft.doTick(wait)
             except _FatalError:
@@ -737,6 +820,7 @@ class RaftLog:
 
     def _build(self) -> _RaftNode:
         s = self.settings
+        self._applier.start(0)
         raft = _RaftNode(self, s.self_address, s.others(), self._conf())
         missing = [a for a in _PRIVATE_ATTRS if not hasattr(raft, a)]
         if missing:
@@ -759,34 +843,28 @@ class RaftLog:
         self._raft = raft
         return raft
 
-    def _apply_on_tick(self, entry: bytes) -> list[ApplyResult] | None:
-        """The replicated method's body: never raises into pysyncobj except to stop the node."""
+    def _apply_on_tick(self, entry: bytes) -> CommittedEntry:
+        """The replicated method's body: hand the entry to the apply thread at once (it is
+        committed, and in this node's journal since the tick that flushed it). The proposals
+        it carries are attached by pysyncobj's callback right after this returns, or answered
+        at once if the apply thread was quicker. Raises into pysyncobj only to stop the node."""
         if self._fatal is not None:
             raise _FatalError("stopped")
-        if not entry:
-            return None  # barrier
         assert self._raft is not None
-        index = self._raft.raftLastApplied + 1
-        try:
-            if not self._in_txn:
-                self.sm.begin()
-                self._in_txn = True
-            return self.sm.apply_entry(index, entry)
-        except BaseException as exc:
-            # The state machine turns every bad command into a stored result, so this is the
-            # disk or a bug. Skipping the entry would make this node differ from the others;
-            # stalling would hang it. Stop, and let a restart replay from applied_index.
-            self._set_fatal(exc, f"apply of index {index} failed")
-            raise _FatalError(str(exc)) from exc
+        item = CommittedEntry(self._raft.raftLastApplied + 1, entry)
+        self._applier.submit([item], item.index)
+        return item
 
-    def _commit_txn(self) -> None:
-        if self._in_txn:
-            self._in_txn = False
+    def _flush_journal(self) -> None:
+        """fsync mode: msync the journal if it changed, then let the held acks go."""
+        if self._journal is not None:
             try:
-                self.sm.commit()
+                self._journal.flush()
             except BaseException as exc:
-                self._set_fatal(exc, "commit of applied entries failed")
+                self._set_fatal(exc, "journal flush failed")
                 raise _FatalError(str(exc)) from exc
+        if self._transport is not None and self._transport.held:
+            self._transport.release()
 
     def _end_tick_guarded(self) -> None:
         if self._fatal is not None:
@@ -802,16 +880,10 @@ class RaftLog:
         assert raft is not None and self._loop is not None
         self.counters["ticks"] += 1
         try:
-            self._commit_txn()
-            if self._journal is not None:
-                self._journal.flush()
+            self._flush_journal()
         except _FatalError:
             return
-        except BaseException as exc:
-            self._set_fatal(exc, "journal flush failed")
-            return
-        if self._transport is not None and self._transport.held:
-            self._transport.release()
+        self._applier.submit([], raft.raftLastApplied)  # pysyncobj's own entries count as applied
         outcomes, self._outcomes = self._outcomes, []
         if outcomes:
             self._loop.call_soon_threadsafe(self._deliver, outcomes)
@@ -839,7 +911,7 @@ class RaftLog:
         self._last_leader = leader
         self._leader_flag = is_leader
         noop = raft._SyncObj__noopIDx  # type: ignore[attr-defined]
-        ready_leader = is_leader and noop is not None and raft.raftLastApplied >= noop
+        ready_leader = is_leader and noop is not None and self._applier.applied_index >= noop
         if ready_leader != self._announced_leader:
             self._announced_leader = ready_leader
             self._loop.call_soon_threadsafe(self._announce, ready_leader)
@@ -871,7 +943,7 @@ class RaftLog:
             leader=None if leader is None else leader.id,
             self_address=self.settings.self_address,
             commit_index=st["commit_idx"],
-            applied_index=st["last_applied"],
+            applied_index=self._applier.applied_index,
             has_quorum=(time.monotonic() < self._lease_until)
             if is_leader
             else (leader is not None and st["has_quorum"]),
@@ -907,10 +979,7 @@ class RaftLog:
         """Fail-stop: no more ticks, port closed; pending outcomes become unknown."""
         exc = self._fatal
         assert exc is not None and self._loop is not None
-        if self._in_txn:
-            with contextlib.suppress(Exception):
-                self.sm.abort()
-        self._in_txn = False
+        self._applier.stop(drain=False)  # nothing more is applied: a restart replays the journal
         if self._transport is not None:
             self._transport.held = []
         self._outcomes = []
@@ -932,14 +1001,12 @@ class RaftLog:
                 log.exception("fatal listener failed")
 
     def _shutdown(self) -> None:
-        if self._in_txn:
-            with contextlib.suppress(_FatalError):
-                self._commit_txn()
         if self._raft is not None:
             with contextlib.suppress(Exception):
                 if self._journal is not None and self._fatal is None:
                     self._journal.flush()
                 self._raft._doDestroy()
+        self._applier.stop(drain=self._fatal is None)
         fds, self._wake_fds = self._wake_fds, None
         if fds is not None:  # no proposal can arrive now: _stopped or _fatal is set
             for fd in fds:
@@ -971,18 +1038,17 @@ class RaftLog:
         )
         job = _SnapshotJob(self._snap_generation, os.path.join(self.settings.raft_dir, "snapshot.local"), header)
         self._snap_job = job
-        try:
-            self._commit_txn()  # the backup must contain every entry up to header.last
-        except _FatalError:
-            job.done.set()
-            return
         threading.Thread(target=self._write_snapshot, args=(job,), name="ccn-raft-snapshot", daemon=True).start()
 
     def _write_snapshot(self, job: _SnapshotJob) -> None:
-        """Background thread: a backup that is at or ahead of the header's index is correct,
-        because replaying entries at or below the state machine's applied_index is a no-op."""
+        """Background thread: once the apply thread has committed every entry up to the
+        header's index, back the database up. A backup that is ahead of that index is correct
+        too, because replaying entries at or below the state machine's applied_index is a no-op."""
         db_tmp = job.path + ".sqlite3"
         try:
+            while not self._applier.wait_applied(job.header.last[1], timeout=1.0):
+                if self._stop.is_set() or self._fatal is not None or self._applier.failed is not None:
+                    return  # finally: job.done with ok = False
             self.sm.backup_to(db_tmp)
             write_snapshot(job.path, job.header, db_tmp)
             job.ok = True
@@ -1018,7 +1084,11 @@ class RaftLog:
         self._snap_generation += 1  # a local snapshot still being written is now stale
         db_tmp = os.path.join(self.settings.raft_dir, "restore.sqlite3")
         try:
-            self._commit_txn()
+            # Everything handed to the apply thread is applied first; it then idles (only this
+            # thread hands it work), so the database can be replaced under it.
+            self._applier.wait_idle()
+            if self._applier.failed is not None:
+                raise _FatalError(str(self._applier.failed))
             header = read_snapshot(path, db_tmp)
             replaced = self.sm.restore_from(db_tmp)
             if self._durable:

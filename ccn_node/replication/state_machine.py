@@ -27,6 +27,7 @@ import msgspec
 from ccn_node.replication import commands as c
 from ccn_node.replication.log import ApplyResult
 from ccn_node.store import journal
+from ccn_node.store.database import insert_many
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,16 @@ class LedgerSink(Protocol):
 
     def append(self, leaf_bytes: bytes, kind: str, ref: str) -> int: ...
 
+    def defer(self) -> None:
+        """Hold the rows of the next appends (a Batch) until ``flush()``."""
+
+    def flush(self) -> None:
+        """Write the held rows and stop holding."""
+
+    def held(self) -> int:
+        """Leaves held since ``defer()``."""
+        ...
+
     def reset_cache(self) -> None: ...
 
     def seal(self, block_number: int, tree_size: int, timestamp_ms: int, data_snapshot: str) -> Any: ...
@@ -64,6 +75,23 @@ CommitListener = Callable[[list[tuple[c.Command | None, ApplyResult]]], None]
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class _BatchWrites:
+    """A Batch's fast path: the rows held for multi-row INSERTs at its end (StateMachine._flush)
+    and what the commands after them in the same Batch must see of them."""
+
+    __slots__ = ("conversations", "counters", "held", "journal", "message_keys", "messages", "outcomes", "requests")
+
+    def __init__(self, stored_outcomes: dict[str, bytes]) -> None:
+        self.held = 0  # rows held (changes with every held write: the _PartialWrite check)
+        self.messages: list[tuple[Any, ...]] = []
+        self.message_keys: dict[tuple[str, str], tuple[str, int]] = {}  # (session, idempotency key) → (id, seq)
+        self.conversations: dict[str, tuple[str, str, int]] = {}  # session → (user_id, status, message_count)
+        self.counters: dict[str, tuple[int, str]] = {}  # session → (message_count, last_message_at) to write
+        self.requests: list[tuple[str, int, bytes]] = []  # applied_requests rows
+        self.outcomes = stored_outcomes  # request id → encoded outcome: stored before, or held here
+        self.journal: list[tuple[int, str | None, int | None, bytes]] = []
 
 
 class StateMachine:
@@ -79,10 +107,10 @@ class StateMachine:
         self.applied_index = 0
         self.command_index = 0
         self._start = (0, 0)
-        # Inside a Batch's fast path: message rows waiting for one multi-row INSERT (see
-        # _flush_messages), and their idempotency keys; None outside it (rows go in at once).
-        self._deferred: list[tuple[Any, ...]] | None = None
-        self._deferred_keys: dict[tuple[str, str], tuple[str, int]] = {}
+        # Inside a Batch's fast path: the rows held for multi-row INSERTs (see _flush); None
+        # outside it (every row goes in at once).
+        self._batch: _BatchWrites | None = None
+        self.batch_redos = 0  # Batches that left the fast path (a command failed after writing)
         self._load_indexes()
         self._handlers: dict[type, Callable[[Any, int], dict[str, Any]]] = {
             c.Noop: self._noop,
@@ -242,66 +270,112 @@ class StateMachine:
         if not isinstance(command, c.Batch):
             return [self._apply_command(command, entry)]
         if len(command.entries) < 2:
-            return self._apply_subs(command.entries, per_command_savepoint=True)
-        # One savepoint for the whole Batch, none per command: FTS5 flushes its pending terms
-        # into a new segment at every SAVEPOINT/RELEASE, so a savepoint per command cost more
-        # than the command itself. A command that fails *after* it wrote something (rare: the
-        # handlers validate before writing) undoes the Batch and redoes it with a savepoint per
-        # command, so the stored outcome is the same as if every command had had its own.
+            return self._apply_subs(self._decode_subs(command.entries))
+        # One savepoint for the whole Batch, none per command, and its rows held for a few
+        # multi-row INSERTs at the end: FTS5 flushes its pending terms into a new segment at
+        # every SAVEPOINT/RELEASE and at every INSERT that opens a statement journal, so a
+        # savepoint and statements per command cost more than the command itself. A command
+        # that fails *after* it wrote something (rare: the handlers validate before writing)
+        # undoes the Batch and redoes it with a savepoint per command, so the stored outcome
+        # is the same as if every command had had its own.
+        subs = self._decode_subs(command.entries)
         command_index, pending = self.command_index, len(self._pending)
         self.conn.execute("SAVEPOINT batch")
         try:
-            self._deferred, self._deferred_keys = [], {}
+            self._batch = _BatchWrites(self._stored_outcomes(subs))
+            if self.ledger is not None:
+                self.ledger.defer()
             try:
-                results = self._apply_subs(command.entries, per_command_savepoint=False)
-                self._flush_messages()
+                results = self._apply_subs(subs)
+                self._flush()
+                if self.ledger is not None:
+                    self.ledger.flush()  # and stop holding
+            except BaseException:
+                if self.ledger is not None:
+                    self.ledger.reset_cache()  # drops what a Batch that did not finish held
+                raise
             finally:
-                self._deferred, self._deferred_keys = None, {}
+                self._batch = None
         except _PartialWrite:
+            self.batch_redos += 1
             self.conn.execute("ROLLBACK TO batch")
             if self.ledger is not None:
                 self.ledger.reset_cache()
             self.command_index = command_index
             del self._pending[pending:]
-            results = self._apply_subs(command.entries, per_command_savepoint=True)
+            results = self._apply_subs(subs)
         self.conn.execute("RELEASE batch")
         return results
 
-    def _apply_subs(self, subs: Sequence[bytes], *, per_command_savepoint: bool) -> list[ApplyResult]:
-        results = []
+    @staticmethod
+    def _decode_subs(subs: Sequence[bytes]) -> list[tuple[bytes, c.Command | Exception]]:
+        decoded: list[tuple[bytes, c.Command | Exception]] = []
         for sub in subs:
             try:
-                command = c.decode(sub)
+                decoded.append((sub, c.decode(sub)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                results.append(self._bad_entry(exc))
+                decoded.append((sub, exc))
+        return decoded
+
+    def _stored_outcomes(self, subs: list[tuple[bytes, c.Command | Exception]]) -> dict[str, bytes]:
+        """The stored outcomes of the Batch's request ids, with one query per 500 of them."""
+        ids = list({cmd.request_id for _, cmd in subs if not isinstance(cmd, Exception)})
+        found: dict[str, bytes] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.conn.execute(
+                f"SELECT request_id, result FROM applied_requests WHERE request_id IN ({marks})", part
+            )
+            found.update((rid, bytes(result)) for rid, result in rows)
+        return found
+
+    def _apply_subs(self, subs: list[tuple[bytes, c.Command | Exception]]) -> list[ApplyResult]:
+        results = []
+        for sub, command in subs:
+            if isinstance(command, Exception):
+                results.append(self._bad_entry(command))
                 continue
-            if self._deferred and type(command) is not c.AppendMessage:
-                self._flush_messages()  # every other command sees the messages table as it is
-            results.append(self._apply_command(command, sub, savepoint=per_command_savepoint))
+            batch = self._batch
+            if batch is not None and batch.held and type(command) is not c.AppendMessage:
+                self._flush()  # every other command sees the tables as they are
+                if self.ledger is not None:
+                    self.ledger.defer()
+            results.append(self._apply_command(command, sub))
         return results
 
-    def _flush_messages(self) -> None:
-        """Insert the Batch's deferred message rows, many per statement.
+    def _flush(self) -> None:
+        """Write the rows the Batch holds: messages, conversation counters, ledger leaves and
+        nodes, outcomes and journal entries, each with multi-row INSERTs.
 
-        Every statement that writes with a statement journal makes FTS5 flush its pending
-        terms into a new index segment (xSavepoint), so one INSERT per message cost a segment
-        per message; one multi-row INSERT costs one. A row that fails here (a constraint)
-        undoes the Batch, which is then redone with a savepoint and an INSERT per command.
+        A row that fails here (a constraint) undoes the Batch, which is then redone with a
+        savepoint and statements per command.
         """
-        rows = self._deferred
-        if not rows:
+        batch = self._batch
+        if batch is None or not batch.held:
             return
-        self._deferred = []
+        rows, batch.messages, batch.held = batch.messages, [], 0
+        conn = self.conn
         try:
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                part = rows[start : start + _ROWS_PER_INSERT]
-                self.conn.execute(
-                    _INSERT_MESSAGE + ", ".join([_MESSAGE_VALUES] * len(part)), [x for row in part for x in row]
-                )
+            insert_many(conn, _INSERT_MESSAGE, _MESSAGE_VALUES, rows, per_statement=_ROWS_PER_INSERT)
         except _STORAGE_FAILURES:
             raise
         except Exception:
             raise _PartialWrite() from None
+        for session_id, (count, last_at) in batch.counters.items():
+            conn.execute(
+                "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
+                (count, last_at, session_id),
+            )
+        batch.counters.clear()
+        batch.conversations.clear()
+        if self.ledger is not None:
+            self.ledger.flush()
+        requests, batch.requests = batch.requests, []
+        insert_many(conn, "INSERT INTO applied_requests(request_id, log_index, result)", "(?,?,?)", requests,
+                    per_statement=_ROWS_PER_INSERT)
+        entries, batch.journal = batch.journal, []
+        journal.record_many(conn, entries)
 
     def _bad_entry(self, exc: Exception) -> ApplyResult:
         self.command_index += 1
@@ -310,56 +384,67 @@ class StateMachine:
         self._pending.append((None, result))
         return result
 
-    def _apply_command(self, command: c.Command, entry: bytes, *, savepoint: bool = True) -> ApplyResult:
-        """Apply one command. ``savepoint=False`` (inside a Batch's savepoint): no savepoint of
-        its own; a failure that left writes behind raises _PartialWrite for the caller to undo."""
-        stored = self.conn.execute(
-            "SELECT result FROM applied_requests WHERE request_id = ?", (command.request_id,)
-        ).fetchall()
-        if stored:
-            first = _result_decoder.decode(stored[0][0])
+    def _apply_command(self, command: c.Command, entry: bytes) -> ApplyResult:
+        """Apply one command: in its own savepoint, or inside a Batch's fast path (no savepoint
+        of its own; a failure that left writes behind raises _PartialWrite for the caller to undo)."""
+        batch = self._batch
+        first = self._stored_outcome(command.request_id)
+        if first is not None:
             first.duplicate = True
             self._pending.append((command, first))
             return first
         self.command_index += 1
         index = self.command_index
-        if savepoint:
+        if batch is None:
             self.conn.execute("SAVEPOINT cmd")
         else:
-            changes = self.conn.total_changes()
-            deferred = len(self._deferred or ())
+            mark = self._write_mark(batch)
         try:
             value = self._handlers[type(command)](command, index)
             if self.ledger is not None and not isinstance(command, c.Noop):
                 leaf = self.ledger.append(c.leaf_bytes(command), type(command).__struct_config__.tag, _ref(command))
                 value["leaf_index"] = leaf
-            if savepoint:
+            if batch is None:
                 self.conn.execute("RELEASE cmd")
             result = ApplyResult(index=index, request_id=command.request_id, ok=True, value=value)
         except (_PartialWrite, *_STORAGE_FAILURES):
             raise
         except Exception:
-            if not savepoint and (
-                self.conn.total_changes() != changes or len(self._deferred or ()) != deferred
-            ):
+            if batch is not None and self._write_mark(batch) != mark:
                 raise _PartialWrite() from None
-            self._undo(savepoint)
+            if batch is None:
+                self._rollback_savepoint()
+            # else: the mark shows it wrote nothing, held nothing, appended no leaf: nothing to undo
             result = self._failure(command, index)
-        self.conn.execute(
-            "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",
-            (command.request_id, index, _result_encoder.encode(result)),
-        )
-        journal.record(self.conn, index, entry, _stamp(command), (result.value or {}).get("leaf_index"))
+        encoded = _result_encoder.encode(result)
+        at, leaf_index = _stamp(command), (result.value or {}).get("leaf_index")
+        if batch is None:
+            self.conn.execute(
+                "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",
+                (command.request_id, index, encoded),
+            )
+            journal.record(self.conn, index, entry, at, leaf_index)
+        else:
+            batch.requests.append((command.request_id, index, encoded))
+            batch.outcomes[command.request_id] = encoded
+            batch.journal.append((index, at, leaf_index, entry))
+            batch.held += 1
         self._pending.append((command, result))
         return result
 
-    def _undo(self, savepoint: bool) -> None:
-        """After a failed command: roll its savepoint back (with no savepoint nothing was
-        written); the ledger's cached frontier is reloaded either way."""
-        if savepoint:
-            self._rollback_savepoint()
-        elif self.ledger is not None:
-            self.ledger.reset_cache()
+    def _stored_outcome(self, request_id: str) -> ApplyResult | None:
+        """The first outcome of a request id seen before (a client retry), else None."""
+        batch = self._batch
+        if batch is not None:
+            raw = batch.outcomes.get(request_id)
+        else:
+            row = self._one("SELECT result FROM applied_requests WHERE request_id = ?", (request_id,))
+            raw = row[0] if row else None
+        return None if raw is None else _result_decoder.decode(raw)
+
+    def _write_mark(self, batch: _BatchWrites) -> tuple[int, int, int]:
+        """What a command has written so far, directly or held (compared around a failure)."""
+        return (self.conn.total_changes(), batch.held, self.ledger.held() if self.ledger is not None else 0)
 
     @staticmethod
     def _failure(command: c.Command, index: int) -> ApplyResult:
@@ -464,10 +549,20 @@ class StateMachine:
         )
         return {"session_id": cmd.session_id, "already_ended": False, "message_count": row[1]}
 
+    def _conversation(self, session_id: str) -> tuple[str, str, int] | None:
+        """(user_id, status, message_count); inside a Batch as its held rows left them."""
+        batch = self._batch
+        if batch is not None:
+            known = batch.conversations.get(session_id)
+            if known is not None:
+                return known
+        row = self._one("SELECT user_id, status, message_count FROM conversations WHERE session_id = ?", (session_id,))
+        if row is not None and batch is not None:
+            batch.conversations[session_id] = row  # type: ignore[assignment]
+        return row  # type: ignore[return-value]
+
     def _append_message(self, cmd: c.AppendMessage, index: int) -> dict[str, Any]:
-        conv = self._one(
-            "SELECT user_id, status, message_count FROM conversations WHERE session_id = ?", (cmd.session_id,)
-        )
+        conv = self._conversation(cmd.session_id)
         if conv is None:
             raise Rejected("not_found", "no such conversation")
         if conv[0] != cmd.user_id:
@@ -476,8 +571,9 @@ class StateMachine:
             raise Rejected("conversation_ended", "the conversation has ended")
         if cmd.role not in ("user", "assistant"):
             raise Rejected("invalid", f"role must be user or assistant, not {cmd.role!r}")
+        batch = self._batch
         if cmd.idempotency_key is not None:
-            known = self._deferred_keys.get((cmd.session_id, cmd.idempotency_key))
+            known = batch.message_keys.get((cmd.session_id, cmd.idempotency_key)) if batch is not None else None
             if known is not None:
                 return {"message_id": known[0], "seq": known[1], "existing": True}
             existing = self._one(
@@ -487,7 +583,10 @@ class StateMachine:
             if existing is not None:
                 return {"message_id": existing[0], "seq": existing[1], "existing": True}
         if cmd.kind == "validation":
-            self._flush_messages()
+            if batch is not None and batch.held:
+                self._flush()
+                if self.ledger is not None:
+                    self.ledger.defer()
             # Validation answers (continuity/instances.py) take seq -1, -2, …: the conversation's
             # own seq and message_count stay dense and count only what its owner sees.
             low = self._one("SELECT min(seq) FROM messages WHERE session_id = ? AND seq < 0", (cmd.session_id,))
@@ -496,11 +595,9 @@ class StateMachine:
             seq = conv[2] + 1
         else:
             raise Rejected("invalid", f"kind must be chat or validation, not {cmd.kind!r}")
-        digest = c.content_sha256(cmd.content)
-        if cmd.content_sha256 is not None:  # a journal entry whose content was erased later
-            if cmd.content:
-                raise Rejected("invalid", "content_sha256 is only for erased (empty) content")
-            digest = cmd.content_sha256
+        digest = cmd.content_sha256 or c.content_sha256(cmd.content)
+        if cmd.content_sha256 is not None and cmd.content:  # only an erased journal entry has a hash alone
+            raise Rejected("invalid", "content_sha256 is only for erased (empty) content")
         row = (
             cmd.message_id,
             cmd.session_id,
@@ -524,17 +621,21 @@ class StateMachine:
             index,
             cmd.erased_at,
         )
-        if self._deferred is None:
-            self.conn.execute(_INSERT_MESSAGE + _MESSAGE_VALUES, row)
+        if batch is None:
+            self.conn.execute(_INSERT_MESSAGE + " VALUES " + _MESSAGE_VALUES, row)
+            if cmd.kind == "chat":
+                self.conn.execute(
+                    "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
+                    (seq, cmd.created_at, cmd.session_id),
+                )
         else:
-            self._deferred.append(row)
+            batch.messages.append(row)
+            batch.held += 1
             if cmd.idempotency_key is not None:
-                self._deferred_keys[(cmd.session_id, cmd.idempotency_key)] = (cmd.message_id, seq)
-        if cmd.kind == "chat":
-            self.conn.execute(
-                "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
-                (seq, cmd.created_at, cmd.session_id),
-            )
+                batch.message_keys[(cmd.session_id, cmd.idempotency_key)] = (cmd.message_id, seq)
+            if cmd.kind == "chat":
+                batch.conversations[cmd.session_id] = (conv[0], conv[1], seq)
+                batch.counters[cmd.session_id] = (seq, cmd.created_at)
         metrics = cmd.metrics or {}
         if cmd.character_snapshot is not None:
             self.conn.execute(
@@ -670,7 +771,7 @@ def erase_messages(
 _INSERT_MESSAGE = (
     "INSERT INTO messages(message_id, session_id, user_id, seq, role, kind, content, content_sha256,"
     " created_at, tokens, idempotency_key, reply_to, model, instance_id, manifest, usage,"
-    " character_snapshot, relational_state, metrics, log_index, erased_at) VALUES "
+    " character_snapshot, relational_state, metrics, log_index, erased_at)"
 )
 _MESSAGE_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 500  # 21 parameters a row, well below SQLite's 32766

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import apsw
 
+from ccn_node.store.database import insert_many
+
 BATCH_ROWS = 2000
 
 
@@ -22,6 +24,12 @@ def record(conn: apsw.Connection, index: int, entry: bytes, at: str | None, leaf
         "INSERT OR REPLACE INTO command_journal(log_index, at, leaf_index, entry) VALUES (?, ?, ?, ?)",
         (index, at, leaf_index, entry),
     )
+
+
+def record_many(conn: apsw.Connection, rows: list[tuple[int, str | None, int | None, bytes]]) -> None:
+    """Store many applied entries ``(index, at, leaf_index, entry)`` with multi-row INSERTs."""
+    insert_many(conn, "INSERT OR REPLACE INTO command_journal(log_index, at, leaf_index, entry)", "(?,?,?,?)", rows,
+                per_statement=1000)
 
 
 def entries(conn: apsw.Connection, after: int, up_to: int) -> Iterator[list[tuple[int, bytes]]]:
