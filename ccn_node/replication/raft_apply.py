@@ -4,10 +4,10 @@ Why a thread of its own: pysyncobj applies committed entries on its tick thread,
 that thread is inside SQLite (a 256-message Batch: FTS5, ledger, COMMIT — ~10 ms) it cannot
 read its sockets. A follower then acknowledges entry N+1 only after it has applied entry N,
 and the leader only replicates N+1 after it has applied N: two applies in series on every
-round trip. Here the tick thread only *hands over* each tick's committed entries; this
-thread applies them in order, one transaction per hand-over (or several hand-overs when it
-lags: group commit), and reports each entry's results after the COMMIT. SQLite releases the
-GIL, so applying overlaps with the Raft work of the tick thread.
+round trip. Here the tick thread only *hands over* each committed entry; this thread applies
+them in order, one transaction for everything handed over since its last COMMIT (group
+commit when it lags), and reports each entry's results after the COMMIT. SQLite releases
+the GIL, so applying overlaps with the Raft work of the tick thread.
 
 Raft index space: ``applied_index`` is pysyncobj's ``raftLastApplied`` as of the last tick
 whose entries are all committed here — it also counts pysyncobj's own entries (its no-op,

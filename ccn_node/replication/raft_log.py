@@ -4,14 +4,15 @@ A thin bridge. pysyncobj runs on one dedicated thread (``autoTick=False``, we ca
 ``doTick``) and owns the Raft protocol; the state machine owns SQLite. The bridge adds what
 pysyncobj lacks for a database behind it:
 
-- **one transaction per tick**: the first apply of a tick opens a write transaction, the
-  tick's end commits it; pysyncobj's per-command callbacks are held until that COMMIT and
-  then resolve the asyncio futures in one ``call_soon_threadsafe``;
+- **an apply thread** (``raft_apply.Applier``): pysyncobj hands each committed entry over
+  on its tick thread; the apply thread applies entries in order, one transaction for what it
+  was given since its last COMMIT, and only then resolves the futures of the proposals they
+  carried (one ``call_soon_threadsafe``), so the tick thread keeps talking Raft meanwhile;
 - **durability = "fsync"**: pysyncobj never fsyncs its journal. In this mode the journal is
-  msync'ed once per tick, a follower's acknowledgements (``next_node_idx``) are held until
-  then, the leader counts itself in a commit only on the tick after its entries were flushed,
-  and the term/vote file is fsynced before a vote leaves the node (group commit: one
-  flush per tick, however many entries it carried);
+  msync'ed after each poll and each tick when it changed, a follower's acknowledgements
+  (``next_node_idx``) are held until then, the leader counts itself in a commit only on the
+  tick after its entries were flushed, and the term/vote file is fsynced before a vote
+  leaves the node (group commit: one flush, however many entries it carried);
 - **snapshots** through pysyncobj's serializer hooks: a consistent SQLite backup (taken on a
   background thread, so heartbeats keep flowing) plus pysyncobj's raft data in one file;
   a restored snapshot replaces the database only if the database is behind it;

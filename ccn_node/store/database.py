@@ -102,14 +102,18 @@ class WalCheckpointer:
             return  # the writer's own automatic checkpoint still works
         try:
             while not self._stop.wait(self._interval_s):
-                try:
-                    _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-                except apsw.Error:
-                    continue  # busy or locked now: next time
-                if frames - done >= 0:
+                done_before = -1
+                while not self._stop.is_set():
+                    try:
+                        _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    except apsw.Error:
+                        break  # busy or locked now: next time
                     self.checkpoints += 1
-                while frames - done >= self._min_frames and not self._stop.is_set():
-                    _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    # again at once while it makes progress and much is left (a long reader
+                    # pins old frames: then progress stops and so does this loop)
+                    if frames - done < self._min_frames or done <= done_before:
+                        break
+                    done_before = done
         finally:
             conn.close()
 
