@@ -246,3 +246,40 @@ def test_batch_after_restart_sees_the_stored_tree(tmp_path: Path) -> None:
         assert merkle.root_of(hashes) == tree.root()
     finally:
         again.close()
+
+
+def test_local_log_groups_concurrent_proposals_and_answers_each(tmp_path: Path) -> None:
+    """LocalLog sends what piled up while it committed as one Batch: every proposal still gets
+    its own outcome (refusals and retries included), in the order it asked."""
+    import asyncio
+
+    from ccn_node.replication.local_log import LocalLog
+
+    node = Node(tmp_path / "l.sqlite3")
+    node.apply([c.encode(x) for x in setup_commands()])
+
+    async def run() -> list[tuple[str, ApplyResult]]:
+        log = LocalLog(node.sm)
+        await log.start()
+        try:
+            cmds = [msg(i, "s1" if i % 2 else "s2", "alice" if i % 2 else "bob", f"concurrent {i}")
+                    for i in range(1, 301)]
+            cmds += [msg(7, "s1", "alice", "a retry of r7"), msg(1000, "nope", "alice", "unknown conversation")]
+            results = await asyncio.gather(*(log.propose(c.encode(x), x.request_id, timeout=30) for x in cmds))
+            return [(x.request_id, r) for x, r in zip(cmds, results, strict=True)]
+        finally:
+            await log.stop()
+
+    try:
+        answered = asyncio.run(run())
+        assert node.sm.applied_index < 300  # grouped: fewer log entries than proposals
+        for request_id, result in answered[:300]:
+            assert result.ok and result.request_id == request_id and not result.duplicate
+        (retry_id, retry), (bad_id, bad) = answered[300:]
+        assert bad_id == bad.request_id == "r1000"
+        assert retry.duplicate and retry.request_id == retry_id == "r7"
+        assert not bad.ok and bad.error_code == "not_found"
+        seqs = node.store.writer.execute("SELECT session_id, seq FROM messages ORDER BY session_id, seq").fetchall()
+        assert len(seqs) == 301 and len(set(seqs)) == 301
+    finally:
+        node.close()

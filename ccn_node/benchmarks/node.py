@@ -190,6 +190,7 @@ def run_ingest_bench(messages: int = 20_000, writers: int = 256) -> dict[str, An
 
     async def run(path: Path, writers: int) -> dict[str, Any]:
         store = Store(path, extra_schema=[ledger_schema_sql()])
+        store.start_checkpointer()  # as a serving node does
         sm = StateMachine(store.writer, ledger=MerkleTree(store.writer))
         log = LocalLog(sm)
         await log.start()

@@ -8,10 +8,12 @@ share one fsync. A proposal resolves after its transaction has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
 
+from ccn_node.replication import commands as c
 from ccn_node.replication.log import (
     ApplyResult,
     BackpressureError,
@@ -61,14 +63,14 @@ class LocalLog:
         future: asyncio.Future[ApplyResult] = self._loop.create_future()
         self._in_flight += 1
         self._queue.put((entry, future))
+        # a plain timer, not wait_for(shield(…)): two fewer futures and a task per write
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, future, request_id)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError as exc:
-            raise OutcomeUnknownError(
-                "the write did not complete in time; retry with the same request id", request_id=request_id
-            ) from exc
+            return await future
         finally:
             self._in_flight -= 1
+            if timer is not None:
+                timer.cancel()
 
     async def barrier(self, timeout: float | None = None) -> None:
         """Every acknowledged write is already applied on the only node."""
@@ -113,29 +115,46 @@ class LocalLog:
             self._apply(batch)
 
     def _apply(self, batch: list[object]) -> None:
+        """One transaction; two or more proposals travel as one ``Batch`` entry, so they take
+        the state machine's fast path (one savepoint, multi-row INSERTs: one FTS5 segment
+        instead of one a message), exactly as a Raft tick's proposals do."""
         assert self._loop is not None
-        pairs = []
+        entries = [item[0] for item in batch]  # type: ignore[index]
+        futures = [item[1] for item in batch]  # type: ignore[index]
         try:
             self.sm.begin()
-            for item in batch:
-                entry, future = item  # type: ignore[misc]
-                index = self.next_index
-                self.next_index += 1
-                pairs.append((future, self.sm.apply(index, entry)))
+            index = self.next_index
+            self.next_index += 1
+            if len(entries) == 1:
+                results = self.sm.apply_entry(index, entries[0])
+            else:
+                results = self.sm.apply_entry(index, c.encode(c.Batch(request_id="", entries=entries)))
             self.sm.commit()
         except Exception as exc:  # disk full, I/O error: nothing in this batch happened
+            with contextlib.suppress(Exception):
+                self.sm.abort()
             self.next_index = self.sm.applied_index + 1
-            for item in batch:
-                _, future = item  # type: ignore[misc]
-                self._loop.call_soon_threadsafe(_fail, future, exc)
+            self._loop.call_soon_threadsafe(_fail_all, futures, exc)
             return
-        for future, result in pairs:
-            self._loop.call_soon_threadsafe(_resolve, future, result)
+        self._loop.call_soon_threadsafe(_resolve_all, futures, results)
 
 
-def _resolve(future: asyncio.Future[ApplyResult], result: ApplyResult) -> None:
+def _expire(future: asyncio.Future[ApplyResult], request_id: str) -> None:
     if not future.done():
-        future.set_result(result)
+        future.set_exception(OutcomeUnknownError(
+            "the write did not complete in time; retry with the same request id", request_id=request_id
+        ))
+
+
+def _resolve_all(futures: list[asyncio.Future[ApplyResult]], results: list[ApplyResult]) -> None:
+    for future, result in zip(futures, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail_all(futures: list[asyncio.Future[ApplyResult]], exc: BaseException) -> None:
+    for future in futures:
+        _fail(future, exc)
 
 
 def _fail(future: asyncio.Future[ApplyResult], exc: BaseException) -> None:
