@@ -355,27 +355,28 @@ class StateMachine:
         if batch is None or not batch.held:
             return
         rows, batch.messages, batch.held = batch.messages, [], 0
+        requests, batch.requests = batch.requests, []
+        entries, batch.journal = batch.journal, []
+        counters = list(batch.counters.items())
+        batch.counters.clear()
+        batch.conversations.clear()
         conn = self.conn
         try:
             insert_many(conn, _INSERT_MESSAGE, _MESSAGE_VALUES, rows, per_statement=_ROWS_PER_INSERT)
+            for session_id, (count, last_at) in counters:
+                conn.execute(
+                    "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
+                    (count, last_at, session_id),
+                )
+            if self.ledger is not None:
+                self.ledger.flush()
+            insert_many(conn, "INSERT INTO applied_requests(request_id, log_index, result)", "(?,?,?)", requests,
+                        per_statement=_ROWS_PER_INSERT)
+            journal.record_many(conn, entries)
         except _STORAGE_FAILURES:
             raise
-        except Exception:
+        except Exception:  # a constraint: the caller redoes the Batch command by command
             raise _PartialWrite() from None
-        for session_id, (count, last_at) in batch.counters.items():
-            conn.execute(
-                "UPDATE conversations SET message_count = ?, last_message_at = ? WHERE session_id = ?",
-                (count, last_at, session_id),
-            )
-        batch.counters.clear()
-        batch.conversations.clear()
-        if self.ledger is not None:
-            self.ledger.flush()
-        requests, batch.requests = batch.requests, []
-        insert_many(conn, "INSERT INTO applied_requests(request_id, log_index, result)", "(?,?,?)", requests,
-                    per_statement=_ROWS_PER_INSERT)
-        entries, batch.journal = batch.journal, []
-        journal.record_many(conn, entries)
 
     def _bad_entry(self, exc: Exception) -> ApplyResult:
         self.command_index += 1
