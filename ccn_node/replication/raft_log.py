@@ -436,6 +436,11 @@ class RaftLog:
         """As of the last tick (at most ~100 ms old; role changes are published at once)."""
         return self._status
 
+    @property
+    def applied_index(self) -> int:
+        """Committed in this node's SQLite, now (``status()`` is up to 100 ms old)."""
+        return self._applier.applied_index
+
     def is_leader(self) -> bool:
         return self._leader_flag and self._fatal is None and not self._stopped
 
