@@ -295,6 +295,7 @@ async def export_conversation(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "markdown"):
         raise bad_request("format must be json or markdown", field="format")
+    await apply_consistency(request)
     try:
         conv = await services(request).conversations.get(principal(request).user_id, _session_id(request))
     except ContinuityError as exc:
