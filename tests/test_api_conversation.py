@@ -175,5 +175,11 @@ def test_openapi_and_docs(node: NodeProcess) -> None:
     doc = node.request("GET", "/openapi.json").json()
     assert "/api/v1/conversation/start" in doc["paths"]
     assert "MessageRequest" in doc["components"]["schemas"]
+    # every read that honours ?consistency= says so
+    for path in ("/api/v1/conversations", "/api/v1/conversation/{session_id}", "/api/v1/conversation/{session_id}/at",
+                 "/api/v1/conversation/{session_id}/export", "/api/v1/search",
+                 "/api/v1/metrics/conversation/{session_id}"):
+        names = {p["name"] for p in doc["paths"][path]["get"].get("parameters", [])}
+        assert "consistency" in names, path
     page = node.request("GET", "/docs")
     assert page.status == 200 and b"/api/v1/search" in page.body

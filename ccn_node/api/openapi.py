@@ -22,12 +22,16 @@ BODIES: dict[tuple[str, str], tuple[Any, Any]] = {
     ("GET", "/api/v1/search"): (None, s.SearchResponse),
 }
 
+_CONSISTENCY = ("consistency", "string", "local (default), leader or linearizable (see api/DESIGN.md)")
 _QUERY: dict[str, list[tuple[str, str, str]]] = {
     "/api/v1/search": [("q", "string", "text to find (FTS syntax is not interpreted)"),
-                       ("limit", "integer", "1-200"), ("offset", "integer", "0-10000")],
+                       ("limit", "integer", "1-200"), ("offset", "integer", "0-10000"), _CONSISTENCY],
     "/api/v1/conversation/{session_id}/at": [("seq", "integer", "sequence number"),
-                                            ("timestamp", "string", "ISO 8601 time")],
-    "/api/v1/conversation/{session_id}/export": [("format", "string", "json or markdown")],
+                                            ("timestamp", "string", "ISO 8601 time"), _CONSISTENCY],
+    "/api/v1/conversation/{session_id}/export": [("format", "string", "json or markdown"), _CONSISTENCY],
+    "/api/v1/conversations": [("limit", "integer", "1-500"), ("offset", "integer", ">= 0"), _CONSISTENCY],
+    "/api/v1/conversation/{session_id}": [_CONSISTENCY],
+    "/api/v1/metrics/conversation/{session_id}": [_CONSISTENCY],
 }
 
 
