@@ -96,3 +96,38 @@ def test_apply_failure_stops_the_member_and_a_restart_replays(tmp_path: Path) ->
 
     asyncio.run(first_life())
     assert asyncio.run(second_life()) == ["alice", "poisoned"]
+
+
+def test_applier_discards_queued_entries_a_snapshot_covers() -> None:
+    """What a snapshot covers is not applied first (it would hold the tick thread); the entry
+    under way finishes, the rest above the snapshot's index stays queued."""
+    import threading
+
+    from ccn_node.replication.raft_apply import Applier, CommittedEntry
+
+    gate, started, applied = threading.Event(), threading.Event(), []
+
+    class SlowMachine:
+        def begin(self) -> None: ...
+
+        def commit(self) -> None: ...
+
+        def abort(self) -> None: ...
+
+        def apply_entry(self, index: int, entry: bytes) -> list[ApplyResult]:
+            started.set()
+            gate.wait(5)
+            applied.append(index)
+            return []
+
+    applier = Applier(SlowMachine(), lambda entries, upto: None, lambda exc: None)  # type: ignore[arg-type]
+    applier.start(0)
+    applier.submit([CommittedEntry(1, b"x")], 1)
+    assert started.wait(5)  # entry 1 is under way
+    for i in range(2, 12):
+        applier.submit([CommittedEntry(i, b"x")], i)
+    assert applier.discard_through(8) == 7  # 2..8 dropped; 9..11 kept
+    gate.set()
+    assert applier.wait_idle(5)
+    applier.stop()
+    assert applied == [1, 9, 10, 11] and applier.applied_index == 11

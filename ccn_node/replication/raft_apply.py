@@ -109,6 +109,21 @@ class Applier:
                 self._queue.append(([], upto))
             self._cond.notify_all()
 
+    def discard_through(self, index: int) -> int:
+        """Drop queued (not yet started) entries at or below ``index`` — a snapshot covering
+        them is about to be installed. Returns how many were dropped."""
+        with self._cond:
+            kept: list[tuple[list[CommittedEntry], int]] = []
+            dropped = 0
+            for entries, upto in self._queue:
+                left = [e for e in entries if e.index > index]
+                dropped += len(entries) - len(left)
+                if left or upto > index:
+                    kept.append((left, upto))
+            self._queue = kept
+            self._cond.notify_all()
+            return dropped
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until everything handed over is committed (or the thread failed/halted)."""
         with self._cond:

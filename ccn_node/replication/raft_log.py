@@ -1090,12 +1090,16 @@ class RaftLog:
         self._snap_generation += 1  # a local snapshot still being written is now stale
         db_tmp = os.path.join(self.settings.raft_dir, "restore.sqlite3")
         try:
-            # Everything handed to the apply thread is applied first; it then idles (only this
-            # thread hands it work), so the database can be replaced under it.
+            header = read_snapshot(path, db_tmp)
+            # Entries still queued for the apply thread are all at or below the snapshot's
+            # index (pysyncobj sends a snapshot only to a node behind it): applying them would
+            # only delay this tick thread (heartbeats, elections), so they are dropped; their
+            # proposals are asked again below (_on_snapshot_installed). The apply thread then
+            # idles (only this thread hands it work) and the database can be replaced under it.
+            self._applier.discard_through(header.last[1])
             self._applier.wait_idle()
             if self._applier.failed is not None:
                 raise _FatalError(str(self._applier.failed))
-            header = read_snapshot(path, db_tmp)
             replaced = self.sm.restore_from(db_tmp)
             if self._durable:
                 fsync_file(path)
