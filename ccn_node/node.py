@@ -126,7 +126,6 @@ class Node:
         except ValueError as exc:
             raise ConfigError(cfg.source, "ledger.key_file", f"cannot load the ledger key {key_file}: {exc}") from None
         self.ledger = Ledger(self.store.writer, signer)
-        self.tree = self.ledger.tree
         self.federation = self._federation(signer)
         self.state_machine = StateMachine(self.store.writer, ledger=self.ledger)
         self.cluster = cluster_settings(cfg)
@@ -319,6 +318,11 @@ class Node:
         `ccn-node backup` run beside the node counts too); None when there is none or backups are off."""
         return None if self.backups is None else newest_age_s(self.backups.directory)
 
+    def ledger_size(self) -> int:
+        """Leaves committed to the Merkle log, read on a reader connection (the writer's may be
+        inside the apply thread's transaction, and a read there would wait for it)."""
+        return self.store.read_sync(lambda conn: MerkleTree(conn).size())
+
     def witness_status(self) -> dict[str, float]:
         """The ccn_witness_status gauge: cosignatures on our latest checkpoint, its size, forks."""
         block = self.store.read_sync(last_block)
@@ -470,7 +474,8 @@ class Node:
 
         self.monitoring.add_state("ccn_total_conversations", "Conversations stored",
                                   lambda: {"": counts()["conversations"]})
-        self.monitoring.add_state("ccn_ledger_size", "Entries in the Merkle log", lambda: {"": float(self.tree.size())})
+        self.monitoring.add_state("ccn_ledger_size", "Entries in the Merkle log",
+                                  lambda: {"": float(self.ledger_size())})
         self.monitoring.add_state("ccn_applied_index", "Last command log index applied on this node",
                                   lambda: {"": float(self.state_machine.applied_index)})
         self.monitoring.add_state("ccn_active_instances", "Instances with status active (all nodes)",
@@ -510,7 +515,7 @@ class Node:
                 "applied_index": status.applied_index, "has_quorum": status.has_quorum,
                 "peers": [{"address": p.address, "connected": p.connected, "lag": p.lag} for p in status.peers],
             },
-            "ledger": {"size": self.tree.size(),
+            "ledger": {"size": self.ledger_size(),
                        "witness": self.witness_status()},
             "backup_age_s": self.backup_age_s(),
         }

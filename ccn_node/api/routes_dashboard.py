@@ -15,6 +15,7 @@ elsewhere, so it works offline.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from functools import cache
@@ -165,7 +166,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
     now = time.time()
     data = await svc.store.read(_read_all, now)
     ops = svc.extra.get("ops")
-    status = ops() if callable(ops) else {}
+    status = await asyncio.get_running_loop().run_in_executor(None, ops) if callable(ops) else {}
     ledger = {**status.get("ledger", {}), **data.pop("blocks")}
     backup = getattr(svc.config, "backup", None)
     return json_response({"generated_at": now, **status, **data, "ledger": ledger,

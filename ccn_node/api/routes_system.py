@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ccn_node import __version__
@@ -27,7 +29,8 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    body = services(request).monitoring.render()
+    # the gauges read SQLite: off the event loop
+    body = await asyncio.get_running_loop().run_in_executor(None, services(request).monitoring.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
