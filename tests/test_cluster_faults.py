@@ -97,7 +97,7 @@ class Member(NodeProcess):
         from nodeproc import Response
 
         conn = http.client.HTTPConnection(self.host, self.port, timeout=kw.get("timeout", 30.0))
-        headers = {}
+        headers = dict(kw.get("headers") or {})
         if kw.get("token"):
             headers["Authorization"] = f"Bearer {kw['token']}"
         try:
