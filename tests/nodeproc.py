@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ccn_node.datadir import init_data_dir
+from ccn_node.loopback import free_port
+
+__all__ = ["NodeProcess", "Response", "free_port", "stop_all_nodes"]
 
 _LIVE: set[NodeProcess] = set()
 
@@ -28,12 +30,6 @@ def stop_all_nodes() -> None:
 
 
 atexit.register(stop_all_nodes)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Response:

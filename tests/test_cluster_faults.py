@@ -275,13 +275,21 @@ def make_cluster(root: Path, hosts: list[str] | None = None, netns: list[str | N
     return cl
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cl = make_cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield cl
-    finally:
-        cl.stop_all()
+def module_cluster(name: str) -> Any:
+    """A module-scoped fixture: one 3-member cluster for the tests of a module, stopped after them."""
+
+    @pytest.fixture(scope="module")
+    def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+        cl = make_cluster(tmp_path_factory.mktemp(name))
+        try:
+            yield cl
+        finally:
+            cl.stop_all()
+
+    return cluster
+
+
+cluster = module_cluster("cluster")
 
 
 def test_kill_leader_then_restart(cluster: Cluster) -> None:

@@ -8,12 +8,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from nodeproc import free_port
-from test_cluster_faults import Cluster, Member, make_cluster
+from test_cluster_faults import Cluster, Member, module_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -34,13 +33,7 @@ def wait_for(predicate, what: str, timeout: float = 20.0) -> None:  # type: igno
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cl = make_cluster(tmp_path_factory.mktemp("membership"))
-    try:
-        yield cl
-    finally:
-        cl.stop_all()
+cluster = module_cluster("membership")
 
 
 def test_add_then_remove_members_with_the_cli(cluster: Cluster) -> None:

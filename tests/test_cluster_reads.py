@@ -5,21 +5,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
-from test_cluster_faults import Cluster, make_cluster
+from test_cluster_faults import Cluster, module_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cl = make_cluster(tmp_path_factory.mktemp("reads"))
-    try:
-        yield cl
-    finally:
-        cl.stop_all()
+cluster = module_cluster("reads")
 
 
 def start_on(cl: Cluster, i: int) -> str:

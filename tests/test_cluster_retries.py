@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
-from test_cluster_faults import _RETRYABLE, Cluster, make_cluster, with_signal
+from test_cluster_faults import _RETRYABLE, Cluster, module_cluster, with_signal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cl = make_cluster(tmp_path_factory.mktemp("retries"))
-    try:
-        yield cl
-    finally:
-        cl.stop_all()
+cluster = module_cluster("retries")
 
 
 def say(cl: Cluster, i: int, sid: str, key: str, text: str) -> tuple[int, dict]:  # type: ignore[type-arg]

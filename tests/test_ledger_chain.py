@@ -278,10 +278,12 @@ def test_signer_refuses_smaller_and_different(ledger: Ledger) -> None:
 
 def test_signer_refuses_rewritten_storage(ledger: Ledger) -> None:
     """If the stored tree no longer extends what was signed, sealing fails."""
+    signed = ledger.signer.last_signed()
+    assert signed is not None
     _rewrite_history(ledger, 3, b"evil")
     with pytest.raises(CheckpointRefused, match="inconsistent"), ledger.conn:
         ledger.seal(1)
-    assert ledger.signer.last_signed() is not None
+    assert ledger.signer.last_signed() == signed  # the refused seal stored nothing
     assert chain.last_block(ledger.conn).block_number == 4
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +29,7 @@ from ccn_node.llm.base import (
     TextDelta,
 )
 from ccn_node.llm.pricing import PriceTable
+from ccn_node.loopback import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -270,9 +270,7 @@ def test_connection_cut_mid_stream_is_interrupted() -> None:
 
 
 def test_connection_refused_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
 
     async def main() -> None:
         backend = AnthropicBackend(

@@ -5,7 +5,6 @@ starts, and failures mapped to our error kinds."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +26,7 @@ from ccn_node.llm.base import (
 )
 from ccn_node.llm.openai_compat import OpenAICompatBackend
 from ccn_node.llm.pricing import PriceTable
+from ccn_node.loopback import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -170,9 +170,7 @@ def test_bad_request_is_not_retried() -> None:
 
 
 def test_connection_refused_is_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
 
     async def main() -> None:
         backend = OpenAICompatBackend(

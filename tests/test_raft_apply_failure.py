@@ -12,8 +12,8 @@ from typing import Any
 import apsw
 import pytest
 
+from ccn_node.loopback import free_ports
 from ccn_node.replication import commands as c
-from ccn_node.replication.bench_raft import _free_ports
 from ccn_node.replication.log import ApplyResult, LogStoppedError, OutcomeUnknownError
 from ccn_node.replication.raft_log import ClusterSettings, RaftLog
 from ccn_node.replication.state_machine import StateMachine
@@ -53,7 +53,7 @@ async def until_leader(raft: RaftLog) -> None:
 
 
 def test_apply_failure_stops_the_member_and_a_restart_replays(tmp_path: Path) -> None:
-    settings = ClusterSettings(self_address=f"127.0.0.1:{_free_ports(1)[0]}", data_dir=str(tmp_path))
+    settings = ClusterSettings(self_address=f"127.0.0.1:{free_ports(1)[0]}", data_dir=str(tmp_path))
     db = tmp_path / "ccn.sqlite3"
 
     async def first_life() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ccn_node.replication.bench_raft import _free_ports
+from ccn_node.loopback import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -45,7 +45,7 @@ class Cluster:
     """Three node processes; ``nodes[i]`` keeps its ports and directory across restarts."""
 
     def __init__(self, root: Path, size: int = 3, **options: Any) -> None:
-        ports = _free_ports(size * 2)
+        ports = free_ports(size * 2)
         self.raft = [f"127.0.0.1:{p}" for p in ports[:size]]
         self.http = ports[size:]
         self.dirs = [root / f"n{i}" for i in range(size)]

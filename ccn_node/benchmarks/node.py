@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from ccn_node.loopback import free_port
+
 
 def _pct(values: list[float], p: float) -> float:
     if not values:
@@ -26,14 +28,6 @@ def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
@@ -60,7 +54,7 @@ class _ServedNode:
     def __init__(self, data_dir: Path, extra: str = "") -> None:
         from ccn_node.datadir import init_data_dir
 
-        self.port = _free_port()
+        self.port = free_port()
         self.config = init_data_dir(data_dir, listen=f"127.0.0.1:{self.port}", name="bench")
         if extra:
             self.config.write_text(self.config.read_text() + "\n" + extra)

@@ -23,7 +23,8 @@ from typing import Any
 
 import aiohttp
 
-from ccn_node.benchmarks.node import _free_port, _pct, _ServedNode, run_startup_bench, stop_process, wait_ready
+from ccn_node.benchmarks.node import _pct, _ServedNode, run_startup_bench, stop_process, wait_ready
+from ccn_node.loopback import free_port
 from ccn_node.monitoring import Monitoring
 
 SCRAPE_TARGET_MS = 10.0
@@ -120,7 +121,7 @@ def run_zipapp_bench(pyz: str | None = None, runs: int = 3) -> dict[str, Any]:
         for run in range(runs):
             shiv_root = Path(tmp) / f"shiv-{run}"
             for kind in ("cold", "warm"):
-                port = _free_port()
+                port = free_port()
                 env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "SHIV_ROOT": str(shiv_root)}
                 proc = subprocess.Popen(
                     ["env", "-i", *(f"{k}={v}" for k, v in env.items()), python, str(target), "serve",

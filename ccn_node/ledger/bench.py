@@ -24,6 +24,7 @@ from ccn_node.ledger import chain
 from ccn_node.ledger.note import NoteSigner
 from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.loopback import free_port
 
 TARGETS = {
     "audit_s": 5.0,
@@ -170,7 +171,6 @@ def run_witness_bench(rounds: int = 200, seed: int = 1) -> dict[str, Any]:
     Each round the log grows by a few leaves, so every round carries a real proof.
     """
     import asyncio
-    import socket
     import threading
 
     import aiohttp
@@ -200,9 +200,7 @@ def run_witness_bench(rounds: int = 200, seed: int = 1) -> dict[str, Any]:
                 return web.Response(status=exc.status, text=f"{exc.size}\n" if exc.size is not None else exc.message)
             return web.Response(text=line)
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         ready = threading.Event()
         server_loop = asyncio.new_event_loop()
 

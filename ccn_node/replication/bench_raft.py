@@ -17,7 +17,6 @@ import logging
 import multiprocessing as mp
 import os
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -26,19 +25,10 @@ from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
+from ccn_node.loopback import free_ports
 from ccn_node.replication.raft_log import ClusterSettings, raft_timing
 
 _SECRET = "bench-secret"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -264,7 +254,7 @@ def _cluster(
     target: Any, base: dict[str, Any], writer_counts: list[int], duration: float, body: str = "text"
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    ports = _free_ports(3)
+    ports = free_ports(3)
     addresses = [f"127.0.0.1:{p}" for p in ports]
     with tempfile.TemporaryDirectory(prefix="ccn-bench-raft-") as tmp:
         pipes, procs = [], []
@@ -362,7 +352,7 @@ def run_failover_bench(trials: int = 10, durability: str = "fsync") -> dict[str,
     restarted (same data dir) and caught up before the next trial.
     """
     ctx = mp.get_context("spawn")
-    addresses = [f"127.0.0.1:{p}" for p in _free_ports(3)]
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(3)]
     with tempfile.TemporaryDirectory(prefix="ccn-bench-failover-") as tmp:
         settings = [
             ClusterSettings(self_address=a, peers=addresses, secret=_SECRET, data_dir=os.path.join(tmp, f"n{i}"),

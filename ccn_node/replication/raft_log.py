@@ -667,8 +667,6 @@ class RaftLog:
         for group, result, error in outcomes:
             for i, (prop, attempt) in enumerate(group):
                 one = result
-                if isinstance(result, CommittedEntry):
-                    one = None  # cannot happen (successes carry their results); be safe
                 if isinstance(result, list):
                     # a replayed entry answers with one placeholder for the whole Batch
                     one = result[i] if len(result) == len(group) else result[0]
