@@ -166,7 +166,7 @@ class Node:
                 "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rowid", (word,)
             ).fetchall()
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')")
+        conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")  # index = content
         return out
 
     def close(self) -> None:

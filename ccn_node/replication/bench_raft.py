@@ -25,6 +25,7 @@ from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
+from ccn_node.cpu_usage import busy_fraction, cores_used, machine_jiffies, thread_cpu
 from ccn_node.loopback import free_ports
 from ccn_node.replication.raft_log import ClusterSettings, raft_timing
 
@@ -120,6 +121,8 @@ def _bare_node(settings: ClusterSettings, conn: Connection) -> None:
         cmd, arg = conn.recv()
         if cmd == "leader":
             conn.send(counter._isLeader())
+        elif cmd == "cpu":
+            conn.send(thread_cpu())
         elif cmd == "run":
             conn.send(_bare_load(counter, *arg))
         elif cmd == "stop":
@@ -217,6 +220,8 @@ async def _raftlog_node_async(settings: ClusterSettings, conn: Connection) -> No
         cmd, arg = await loop.run_in_executor(None, conn.recv)
         if cmd == "leader":
             conn.send(raft.is_leader())
+        elif cmd == "cpu":
+            conn.send(thread_cpu())
         elif cmd == "applied":  # committed in this node's SQLite (Raft index space)
             conn.send(raft.applied_index)
         elif cmd == "ready":  # knows a leader and has applied up to its commit index
@@ -292,10 +297,14 @@ def _cluster(
             pipes[leader].recv()
             for writers in writer_counts:
                 args = (writers, duration, body) if target is _raftlog_node else (writers, duration)
+                cpu_before, machine_before, t0 = _ask_all(pipes, "cpu"), machine_jiffies(), time.perf_counter()
                 pipes[leader].send(("run", args))
                 result = pipes[leader].recv()
                 if target is _raftlog_node:
                     _count_followers_in(result, pipes, leader)
+                seconds = time.perf_counter() - t0
+                result["cpu"] = _cpu_split(cpu_before, _ask_all(pipes, "cpu"), seconds, leader, result["count"])
+                result["cpu"]["machine_busy"] = busy_fraction(machine_before, machine_jiffies())
                 results[f"writers_{writers}"] = result
             return results
         finally:
@@ -309,6 +318,29 @@ def _cluster(
                 proc.join(5)
                 if proc.is_alive():
                     proc.kill()
+
+
+def _ask_all(pipes: list[Connection], cmd: str) -> list[Any]:
+    for pipe in pipes:
+        pipe.send((cmd, None))
+    return [pipe.recv() for pipe in pipes]
+
+
+def _cpu_split(
+    before: list[dict[str, tuple[float, float]]], after: list[dict[str, tuple[float, float]]], seconds: float,
+    leader: int, count: int,
+) -> dict[str, Any]:
+    """Cores each node's threads used during a load (and its followers' catch-up), and the CPU
+    each node spent per message: where the machine's budget went, node by node."""
+    split: dict[str, Any] = {}
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        threads = cores_used(b, a, seconds)
+        total = sum(t["user"] + t["sys"] for t in threads.values())
+        role = "leader" if i == leader else f"follower_{i}"
+        split[role] = {"cores": round(total, 3),
+                       "cpu_us_per_msg": round(total * seconds / count * 1e6, 1) if count else None,
+                       "threads": {name: f"{t['user']:.3f} user + {t['sys']:.3f} sys" for name, t in threads.items()}}
+    return split
 
 
 def _count_followers_in(result: dict[str, float], pipes: list[Connection], leader: int) -> None:

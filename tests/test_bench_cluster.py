@@ -1,0 +1,37 @@
+"""``ccn-node bench cluster`` must keep working: a short run of its parts on 3 local processes
+(the figures themselves are for the benchmark, not for a test)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from ccn_node.replication.bench_raft import run_cluster_ceiling_bench, run_raftlog_bench
+
+
+def check_cpu_split(cpu: dict[str, object], thread: str) -> None:
+    nodes = {k: v for k, v in cpu.items() if k != "machine_busy"}
+    assert sorted(k.split("_")[0] for k in nodes) == ["follower", "follower", "leader"]
+    busy = cpu["machine_busy"]
+    assert busy is None or 0.0 <= busy <= 1.0  # type: ignore[operator]
+    if sys.platform.startswith("linux"):
+        for node in nodes.values():
+            assert node["cores"] > 0 and node["cpu_us_per_msg"] > 0  # type: ignore[index]
+            assert thread in node["threads"], node  # type: ignore[index]
+
+
+@pytest.mark.timeout(120)
+def test_raftlog_bench_counts_what_every_node_applied() -> None:
+    result = run_raftlog_bench(duration=0.5, writer_counts=(8,))["writers_8"]
+    assert result["count"] > 0 and result["ops_per_s"] > 0
+    assert result["followers_catch_up_s"] < 10  # every follower reached the leader's applied index
+    assert result["ops_per_s"] <= result["ops_per_s_leader_only"]
+    check_cpu_split(result["cpu"], "ccn-raft-apply")
+
+
+@pytest.mark.timeout(120)
+def test_bare_pysyncobj_ceiling_runs() -> None:
+    result = run_cluster_ceiling_bench(duration=0.3, writer_counts=(4,))["writers_4"]
+    assert result["count"] > 0
+    check_cpu_split(result["cpu"], "Thread (_autoTickThread)")
