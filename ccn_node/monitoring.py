@@ -43,9 +43,10 @@ class _StateCollector:
         self.readers: list[tuple[str, str, StateReader]] = []
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        snapshots: dict[int, Any] = {}  # one call of each group's snapshot per scrape
         for name, doc, reader in self.readers:
             try:
-                values = reader()
+                values = reader(snapshots) if isinstance(reader, _GroupReader) else reader()
             except Exception:  # a failing reader must not break the scrape
                 continue
             if set(values) == {""}:
@@ -55,6 +56,20 @@ class _StateCollector:
             for key, value in values.items():
                 family.add_metric([key], value)
             yield family
+
+
+class _GroupReader:
+    """One gauge of a group: reads its values from the group's snapshot, taken once a scrape."""
+
+    def __init__(self, snapshot: Callable[[], Any], extract: Callable[[Any], dict[str, float]]) -> None:
+        self.snapshot = snapshot
+        self.extract = extract
+
+    def __call__(self, snapshots: dict[int, Any]) -> dict[str, float]:
+        key = id(self.snapshot)
+        if key not in snapshots:
+            snapshots[key] = self.snapshot()
+        return self.extract(snapshots[key])
 
 
 _FAMILIES: tuple[tuple[str, str, str], ...] = (
@@ -132,6 +147,14 @@ class Monitoring:
     def add_state(self, name: str, doc: str, reader: StateReader) -> None:
         """A gauge read at scrape time: reader returns {label: value}, or {"": value} for one value."""
         self._state.readers.append((name, doc, reader))
+
+    def add_state_group(
+        self, snapshot: Callable[[], Any], gauges: dict[str, tuple[str, Callable[[Any], dict[str, float]]]]
+    ) -> None:
+        """Gauges read from one ``snapshot()`` taken once a scrape (not once per gauge):
+        ``gauges`` maps each name to (doc, extract), extract(snapshot) → {label: value}."""
+        for name, (doc, extract) in gauges.items():
+            self._state.readers.append((name, doc, _GroupReader(snapshot, extract)))  # type: ignore[arg-type]
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, endpoint, str(status)).inc()

@@ -480,26 +480,27 @@ class Node:
                                   lambda: {"": float(self.state_machine.applied_index)})
         self.monitoring.add_state("ccn_active_instances", "Instances with status active (all nodes)",
                                   lambda: {"": float(self.store.read_sync(queries.count_active_instances))})
-        self.monitoring.add_state("ccn_raft_role", "Command log role of this node (1 = current)",
-                                  lambda: _one_hot(self.log.status().role, ("leader", "follower", "candidate")))
-        self.monitoring.add_state("ccn_raft_term", "Raft term (0 on a single node)",
-                                  lambda: {"": float(self.log.status().term)})
-        self.monitoring.add_state("ccn_raft_commit_index", "Highest command log index known committed",
-                                  lambda: {"": float(self.log.status().commit_index)})
-        self.monitoring.add_state("ccn_raft_applied_index", "Highest command log index applied on this node",
-                                  lambda: {"": float(self.log.status().applied_index)})
-        self.monitoring.add_state("ccn_raft_peers_connected", "Peers this node is connected to",
-                                  lambda: {"": float(sum(p.connected for p in self.log.status().peers))})
+        self.monitoring.add_state_group(self.log.status, {
+            "ccn_raft_role": ("Command log role of this node (1 = current)",
+                              lambda st: _one_hot(st.role, ("leader", "follower", "candidate"))),
+            "ccn_raft_term": ("Raft term (0 on a single node)", lambda st: {"": float(st.term)}),
+            "ccn_raft_commit_index": ("Highest command log index known committed",
+                                      lambda st: {"": float(st.commit_index)}),
+            "ccn_raft_applied_index": ("Highest command log index applied on this node",
+                                       lambda st: {"": float(st.applied_index)}),
+            "ccn_raft_peers_connected": ("Peers this node is connected to",
+                                         lambda st: {"": float(sum(p.connected for p in st.peers))}),
+        })
         self.monitoring.add_state("ccn_witness_status", "Witness view of the ledger (cosignatures, forks)",
                                   self.witness_status)
         self.monitoring.add_state("ccn_ledger_forks", "Confirmed forks of pinned logs (fork evidence kept)",
                                   lambda: {"": float(sum(f.confirmed for f in self.federation.witness.store.forks()))})
-        self.monitoring.add_state("ccn_federation_peer_up", "Pinned peer answered the last federation round (1/0)",
-                                  lambda: {s["origin"]: float(bool(s["reachable"]))
-                                           for s in self.federation.peer_status()})
-        self.monitoring.add_state("ccn_federation_peer_witnessed",
-                                  "Peer checkpoint cosigned by k of its witnesses within max age (1/0)",
-                                  lambda: {s["origin"]: float(s["witnessed"]) for s in self.federation.peer_status()})
+        self.monitoring.add_state_group(self.federation.peer_status, {
+            "ccn_federation_peer_up": ("Pinned peer answered the last federation round (1/0)",
+                                       lambda peers: {s["origin"]: float(bool(s["reachable"])) for s in peers}),
+            "ccn_federation_peer_witnessed": ("Peer checkpoint cosigned by k of its witnesses within max age (1/0)",
+                                              lambda peers: {s["origin"]: float(s["witnessed"]) for s in peers}),
+        })
         self.monitoring.add_state("ccn_backup_age_seconds", "Seconds since the last verified backup; -1 = none",
                                   lambda: {"": _or_minus_one(self.backup_age_s())})
 

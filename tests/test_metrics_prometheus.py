@@ -137,3 +137,24 @@ def test_scrape_bench_reports_figures() -> None:
     result = run_scrape_bench(conversations=15, scrapes=5)
     assert result["ccc_series_in_scrape"] == 15
     assert result["scrape_ms"]["p50"] > 0 and result["scrape_ms"]["target"] == 10.0
+
+
+def test_a_gauge_group_reads_its_snapshot_once_a_scrape() -> None:
+    """Several gauges from one status (the Raft status, the federation peers) take it once per
+    scrape; a snapshot that fails drops its gauges from that scrape, not the scrape."""
+    m = Monitoring()
+    calls = []
+
+    def status() -> dict[str, float]:
+        calls.append(1)
+        return {"term": 7.0, "commit": 42.0}
+
+    m.add_state_group(status, {"ccn_test_term": ("term", lambda st: {"": st["term"]}),
+                               "ccn_test_commit": ("commit", lambda st: {"": st["commit"]})})
+    m.add_state_group(lambda: 1 / 0, {"ccn_test_broken": ("never", lambda st: {"": st})})
+    for scrapes in (1, 2):
+        families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+        assert families["ccn_test_term"].samples[0].value == 7.0
+        assert families["ccn_test_commit"].samples[0].value == 42.0
+        assert "ccn_test_broken" not in families
+        assert len(calls) == scrapes
