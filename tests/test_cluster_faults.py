@@ -223,8 +223,32 @@ class Cluster:
             if time.monotonic() > deadline:
                 missing = [len(self.acked - v["sessions"]) for v in views]
                 raise AssertionError(f"not converged: missing acked per node {missing}, sizes "
-                                     f"{[len(v['sessions']) for v in views]}, roots {[v['root'][:8] for v in views]}")
+                                     f"{[len(v['sessions']) for v in views]}, roots {[v['root'][:8] for v in views]}"
+                                     + self.diagnosis(views))
             time.sleep(0.3)
+
+    def diagnosis(self, views: list[dict[str, Any]]) -> str:
+        """What a failed convergence needs to be understood later: each node's indexes, the
+        sessions not on every node (and where they are), its Raft status and its log's tail."""
+        everywhere = set.intersection(*(v["sessions"] for v in views))
+        lines = []
+        for i, (m, v) in enumerate(zip(self.members, views, strict=True)):
+            conn = open_connection(m.config_path.parent / "ccn.sqlite3", readonly=True)
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE '%index'").fetchall())
+                extra = sorted(v["sessions"] - everywhere)
+                rows = [conn.execute("SELECT session_id, created_at, log_index FROM conversations WHERE session_id = ?",
+                                     (sid,)).fetchall() for sid in extra[:5]]
+            finally:
+                conn.close()
+            try:
+                status = m.request("GET", "/api/v1/cluster", token=self.admin, timeout=5).body[:600]
+            except Exception as exc:  # a dead member says so
+                status = repr(exc).encode()
+            tail = m.log_path.read_text(errors="replace")[-2500:] if m.log_path.exists() else ""
+            lines.append(f"\n--- node {i}: meta {meta}; sessions only here or on some {extra[:5]} {rows};"
+                         f" cluster {status!r}\n{tail}")
+        return "".join(lines)
 
     def stop_all(self) -> None:
         self.stop_load()

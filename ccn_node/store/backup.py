@@ -43,6 +43,7 @@ from typing import Any
 import apsw
 import msgspec
 
+from ccn_node.store.database import clean_close_mark, fsync_path
 from ccn_node.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -236,14 +237,6 @@ def decrypt_file(src: Path, dst: Path | None, key: bytes) -> str:
 
 
 # -- copy, verify ----------------------------------------------------------------------
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: Path) -> str:
@@ -556,9 +549,9 @@ def create_backup(
                 tmp.unlink()
                 tmp = enc
             os.chmod(tmp, 0o600)
-            _fsync_path(tmp)
+            fsync_path(tmp)
             os.replace(tmp, final)
-            _fsync_path(directory)
+            fsync_path(directory)
         except BaseException:
             for p in (tmp, tmp.with_suffix(".enc")):
                 with contextlib.suppress(FileNotFoundError):
@@ -585,7 +578,7 @@ def create_backup(
             command_index=check.command_index,
         )
         info.save()
-        _fsync_path(directory)
+        fsync_path(directory)
         if output is None and keep is not None:
             for old in rotate(directory, keep):
                 log.info("backup rotated out: %s", old)
@@ -661,12 +654,13 @@ def install_database(candidate: Path, db_path: Path) -> Path | None:
         conn.execute("PRAGMA journal_mode = WAL")
     finally:
         conn.close()
+    clean_close_mark(db_path).unlink(missing_ok=True)  # it described the file replaced here
     os.replace(candidate, db_path)
     for suffix in ("-wal", "-shm"):
         stray = Path(str(candidate) + suffix)
         if stray.exists():
             os.replace(stray, Path(str(db_path) + suffix))
-    _fsync_path(db_path.parent)
+    fsync_path(db_path.parent)
     return kept
 
 
