@@ -86,6 +86,7 @@ BARRIER_ENTRY = b""
 
 _PRIVATE_ATTRS = (
     "_SyncObj__raftLog",
+    "_SyncObj__raftCommitIndex",
     "_SyncObj__transport",
     "_SyncObj__lastResponseTime",
     "_SyncObj__noopIDx",
@@ -260,6 +261,40 @@ class _AckHoldingTransport(TCPTransport):
         return super().send(node, message)
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
+        if message.get("type") == "append_entries" and "prevLogIdx" not in message:
+            self._receive_snapshot_message(node, message)
+            return
+        self._receive(node, message)
+
+    def _receive_snapshot_message(self, node: Any, message: Any) -> None:
+        """A follower's commit index moves only over entries checked against the leader's log.
+
+        pysyncobj (0.3.17) handles an append_entries that carries a snapshot — or, while the
+        leader's snapshot is still being written, nothing at all (``serialized: None``) — and
+        then sets the follower's commit index to min(leader's commit index, *its own* last log
+        index), without the prevLogIdx/prevLogTerm check a normal append makes. A follower
+        that still holds an entry a dead minority leader appended and never committed would
+        then commit and apply that entry, which the new leader's log does not have: the
+        nodes diverge for good (the snapshot that follows does not replace a database that is
+        not behind it). Only a snapshot actually installed by the message may move the commit
+        index; otherwise it is put back where it was.
+        """
+        sync = self._syncObj
+        raft_log = sync._SyncObj__raftLog
+        before = sync._SyncObj__raftCommitIndex
+
+        def shape() -> tuple[int, Any, Any]:  # an installed snapshot replaces the log by its 2 head entries
+            n = len(raft_log)
+            return (n, raft_log[0] if n else None, raft_log[n - 1] if n else None)
+
+        old_shape = shape()
+        self._receive(node, message)
+        installed = shape() != old_shape  # (putting the index back is safe even when wrong: only slower)
+        if not installed and sync._SyncObj__raftCommitIndex > before:
+            sync._SyncObj__raftCommitIndex = before
+            raft_log.setRaftCommitIndex(before)
+
+    def _receive(self, node: Any, message: Any) -> None:
         """Keep the leader's nextIndex from moving back on a late acknowledgement.
 
         pysyncobj sets nextIndex from every successful ``next_node_idx``; with one
