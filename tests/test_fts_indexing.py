@@ -9,13 +9,12 @@ from pathlib import Path
 
 import apsw
 import pytest
+from corpus_commands import AT, create_user, start_conversation
 
 from ccn_node.replication import commands as c
 from ccn_node.replication.state_machine import StateMachine
 from ccn_node.store.database import Store
 from ccn_node.store.schema import MIGRATIONS
-
-AT = "2025-03-01T10:00:00.000000Z"
 
 
 def msg(i: int, text: str, *, user: str = "alice", session: str = "s1", **extra: object) -> bytes:
@@ -26,14 +25,8 @@ def msg(i: int, text: str, *, user: str = "alice", session: str = "s1", **extra:
     )
 
 
-SETUP = [
-    c.encode(c.CreateUser(request_id="u1", user_id="alice", name="alice", role="user", created_at=AT)),
-    c.encode(c.CreateUser(request_id="u2", user_id="bob", name="bob", role="user", created_at=AT)),
-    c.encode(c.StartConversation(request_id="c1", session_id="s1", user_id="alice", title="", created_at=AT,
-                                 plate_version="v1", plate_sha256="0" * 64)),
-    c.encode(c.StartConversation(request_id="c2", session_id="s2", user_id="bob", title="", created_at=AT,
-                                 plate_version="v1", plate_sha256="0" * 64)),
-]
+SETUP = [c.encode(x) for x in (create_user("alice"), create_user("bob"), start_conversation("s1", "alice"),
+                                start_conversation("s2", "bob"))]
 
 
 def check_index(conn: apsw.Connection) -> None:

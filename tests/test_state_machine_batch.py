@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from corpus_commands import AT, create_user, start_conversation
 
 from ccn_node.ledger import merkle
 from ccn_node.ledger.ledger import Ledger
@@ -18,7 +19,6 @@ from ccn_node.replication.state_machine import StateMachine
 from ccn_node.store.database import Store
 
 SIGNER = NoteSigner.generate("batch-test.example/log")
-AT = "2025-03-01T10:00:00.000000Z"
 
 
 def at(i: int) -> str:
@@ -51,26 +51,10 @@ def msg(
 
 def setup_commands() -> list[c.Command]:
     return [
-        c.CreateUser(request_id="u1", user_id="alice", name="alice", role="user", created_at=AT),
-        c.CreateUser(request_id="u2", user_id="bob", name="bob", role="user", created_at=AT),
-        c.StartConversation(
-            request_id="c1",
-            session_id="s1",
-            user_id="alice",
-            title="a",
-            created_at=AT,
-            plate_version="v1",
-            plate_sha256="0" * 64,
-        ),
-        c.StartConversation(
-            request_id="c2",
-            session_id="s2",
-            user_id="bob",
-            title="b",
-            created_at=AT,
-            plate_version="v1",
-            plate_sha256="0" * 64,
-        ),
+        create_user("alice", request_id="u1"),
+        create_user("bob", request_id="u2"),
+        start_conversation("s1", "alice", request_id="c1", title="a"),
+        start_conversation("s2", "bob", request_id="c2", title="b"),
         msg(0, "s1", "alice", "the lighthouse keeper kept a logbook of storms"),
     ]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from corpus_commands import AT, create_user, start_conversation
 
 from ccn_node.ledger.ledger import Ledger
 from ccn_node.ledger.note import NoteSigner
@@ -14,8 +15,6 @@ from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.replication import commands as c
 from ccn_node.replication.state_machine import StateMachine
 from ccn_node.store.database import MAX_CACHED_SQL, Store, insert_many, open_connection, statement_sql
-
-AT = "2025-03-01T10:00:00.000000Z"
 
 
 def test_rows_of_any_count_use_a_few_cached_statement_shapes(tmp_path: Path) -> None:
@@ -45,11 +44,7 @@ def test_batches_of_every_size_keep_the_fast_path_and_the_cache(tmp_path: Path) 
     quietly send it down the slow redo path — so no Batch may be redone here."""
     store = Store(tmp_path / "n.sqlite3", synchronous="normal", extra_schema=[ledger_schema_sql()])
     sm = StateMachine(store.writer, ledger=Ledger(store.writer, NoteSigner.generate("stmt-test.example/log")))
-    setup = [
-        c.CreateUser(request_id="u", user_id="alice", name="alice", role="user", created_at=AT),
-        c.StartConversation(request_id="s", session_id="s1", user_id="alice", title="", created_at=AT,
-                            plate_version="v1", plate_sha256="0" * 64),
-    ]
+    setup = [create_user("alice"), start_conversation("s1", "alice")]
     index = 0
     for command in setup:
         index += 1

@@ -343,6 +343,9 @@ def _cpu_split(
     return split
 
 
+FOLLOWER_CATCH_UP_LIMIT_S = 60.0
+
+
 def _count_followers_in(result: dict[str, float], pipes: list[Connection], leader: int) -> None:
     """The leader answers a write once it is applied *there*; the followers apply the same
     entries a little later (their apply thread trails their acknowledgement). So the figure
@@ -354,8 +357,11 @@ def _count_followers_in(result: dict[str, float], pipes: list[Connection], leade
     for i, pipe in enumerate(pipes):
         while i != leader:
             pipe.send(("applied", None))
-            if pipe.recv() >= target:
+            applied = pipe.recv()
+            if applied >= target:
                 break
+            if time.perf_counter() - start > FOLLOWER_CATCH_UP_LIMIT_S:
+                raise RuntimeError(f"follower {i} stopped at index {applied}, the leader applied {target}")
             time.sleep(0.002)
     catch_up = time.perf_counter() - start
     result["followers_catch_up_s"] = catch_up

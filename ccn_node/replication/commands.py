@@ -10,6 +10,7 @@ journals and snapshots written by older versions keep decoding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -187,7 +188,10 @@ def erased_entry(entry: bytes, erased_at: str) -> bytes | None:
     return encode(scrubbed)
 
 
+@functools.lru_cache(maxsize=16)
 def content_sha256(content: str) -> str:
+    """Hex SHA-256 of a message's text. Cached: applying a message asks twice (the row's
+    ``content_sha256`` and the ledger leaf, ``leaf_bytes``), and a Python str caches its hash."""
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 

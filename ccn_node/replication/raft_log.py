@@ -71,13 +71,8 @@ from ccn_node.replication.log import (
     PeerStatus,
 )
 from ccn_node.replication.raft_apply import Applier, CommittedEntry
-from ccn_node.replication.raft_snapshot import (
-    SnapshotHeader,
-    fsync_dir,
-    fsync_file,
-    read_snapshot,
-    write_snapshot,
-)
+from ccn_node.replication.raft_snapshot import SnapshotHeader, read_snapshot, write_snapshot
+from ccn_node.store.database import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +181,7 @@ class _FsyncMetaStorer(MetaStorer):
             f.flush()
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
-        fsync_dir(os.path.dirname(path) or ".")
+        fsync_path(os.path.dirname(path) or ".")
 
 
 class _TrackedJournal(Journal):
@@ -875,7 +870,7 @@ class RaftLog:
             inner = raft._SyncObj__raftLog  # type: ignore[attr-defined]
             inner._FileJournal__metaStorer = _FsyncMetaStorer(inner._FileJournal__metaStorer.getPath())
             inner.flush()
-            fsync_dir(s.raft_dir)
+            fsync_path(s.raft_dir)
             self._journal = _TrackedJournal(inner)
             raft._SyncObj__raftLog = self._journal  # type: ignore[attr-defined]
             self._transport.hold = True
@@ -1109,7 +1104,7 @@ class RaftLog:
             try:
                 target = os.path.join(self.settings.raft_dir, "snapshot")
                 os.replace(job.path, target)
-                fsync_dir(self.settings.raft_dir)
+                fsync_path(self.settings.raft_dir)
                 self.counters["snapshots_written"] += 1
                 return SERIALIZER_STATE.SUCCESS
             except OSError:
@@ -1135,8 +1130,8 @@ class RaftLog:
                 raise _FatalError(str(self._applier.failed))
             replaced = self.sm.restore_from(db_tmp)
             if self._durable:
-                fsync_file(path)
-                fsync_dir(self.settings.raft_dir)
+                fsync_path(path)
+                fsync_path(self.settings.raft_dir)
         except _FatalError:
             raise
         except BaseException as exc:

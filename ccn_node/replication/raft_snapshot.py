@@ -36,23 +36,6 @@ class SnapshotFormatError(ValueError):
     """The snapshot file is not ours, truncated or from an unknown version."""
 
 
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename in ``path`` durable (the directory entry is metadata of the directory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_snapshot(out_path: str, header: SnapshotHeader, db_path: str) -> None:
     """Write the container at ``out_path`` and fsync it (it replaces journal entries)."""
     encoded = msgspec.msgpack.encode(header)

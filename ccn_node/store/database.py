@@ -171,9 +171,14 @@ class Store:
         """Checkpoint the WAL in the background (a serving node); the writer's automatic
         checkpoint is kept only as a bound on the WAL's size."""
         if self._checkpointer is None:
-            self.writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY_CHECKPOINT_PAGES}")
             self._checkpointer = WalCheckpointer(self.path, self.synchronous)
+            self._bound_writer_wal()
             self._checkpointer.start()
+
+    def _bound_writer_wal(self) -> None:
+        """With the checkpointer running, the writer checkpoints by itself only past the bound."""
+        if self._checkpointer is not None:
+            self.writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY_CHECKPOINT_PAGES}")
 
     def _reader(self) -> apsw.Connection:
         conn = getattr(self._local, "conn", None)
@@ -197,8 +202,7 @@ class Store:
         """Re-open the writer after the file was replaced (snapshot restore)."""
         self.writer.close()
         self.writer = open_connection(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
-        if self._checkpointer is not None:
-            self.writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY_CHECKPOINT_PAGES}")
+        self._bound_writer_wal()
         migrate(self.writer, self._extra_schema)
         with self._lock:
             for conn in self._reader_conns:
@@ -226,9 +230,9 @@ class Store:
                 leave_clean_close_mark(self.path)
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
     """fsync a file or a directory (a directory: so that a rename or unlink in it is durable)."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
     try:
         os.fsync(fd)
     finally:
