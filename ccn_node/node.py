@@ -57,6 +57,7 @@ from ccn_node.replication.local_log import LocalLog
 from ccn_node.replication.log import CommandLog, CommandLogError
 from ccn_node.replication.proposer import CommandRejected, Proposer
 from ccn_node.replication.raft_log import ClusterSettings, RaftLog
+from ccn_node.replication.search_index import MAX_LAG_S
 from ccn_node.replication.state_machine import StateMachine
 from ccn_node.sd_notify import notify, watchdog_interval
 from ccn_node.store import queries
@@ -128,6 +129,7 @@ class Node:
         self.ledger = Ledger(self.store.writer, signer)
         self.federation = self._federation(signer)
         self.state_machine = StateMachine(self.store.writer, ledger=self.ledger)
+        self.store.search_index_catch_up = self.state_machine.catch_up_search_index
         self.cluster = cluster_settings(cfg)
         # Set when the node must exit non-zero (raft fail-stop, keys that differ from the cluster's).
         self.failure: str | None = None
@@ -241,6 +243,7 @@ class Node:
             if server is not None and server.sockets:
                 self.port = server.sockets[0].getsockname()[1]
         await self.federation.start()
+        self._tasks.append(asyncio.create_task(self._search_index_timer()))
         interval = watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
@@ -266,6 +269,10 @@ class Node:
         if self.backups is not None:
             await self.backups.stop()
         await self.log.stop()
+        try:  # a clean file carries a complete full-text index
+            self.state_machine.catch_up_search_index()
+        except Exception:
+            log.exception("the full-text index could not catch up before closing")
         await self.backend.aclose()
         self.store.close()
         self.federation.witness.store.close()
@@ -332,6 +339,18 @@ class Node:
             n = len(self.federation.witness.store.cosignatures(block.tree_size, block.root))
             out.update(witnesses=float(n), cosigned_size=float(block.tree_size if n else 0))
         return out
+
+    async def _search_index_timer(self) -> None:
+        """Messages written while nobody searches reach the full-text index within
+        search_index.MAX_LAG_S even when no further write comes to carry them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(MAX_LAG_S / 4)
+            if self.state_machine.search_index_due():
+                try:
+                    await loop.run_in_executor(None, self.state_machine.catch_up_search_index)
+                except Exception:
+                    log.exception("the full-text index could not catch up")
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -268,6 +268,7 @@ def test_erasure_scrubs_journal_keeps_ledger_and_pitr_cannot_resurrect(corpus: C
     corpus.say("ann", 2, "ann again about the orchid", ts(3))
     size_before_erasure = corpus.size()
     conn = corpus.store.writer
+    corpus.sm.catch_up_search_index()  # as the node does before a search (Store.read_searchable)
     assert len(search(conn, "ann", "orchid", 10, 0)) == 2
     [result] = corpus.apply(c.EraseUserData(request_id="e1", user_id="ann", erased_at=ts(4)))
     assert result.ok and result.value["messages_erased"] == 2

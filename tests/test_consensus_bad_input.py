@@ -96,6 +96,7 @@ def test_validation_messages_keep_the_conversation_seq_dense(tmp_path: Path) -> 
         assert count(store, "SELECT message_count FROM conversations") == 1
         with pytest.raises(CommandRejected):
             await proposer.submit(message(kind="gossip"))
+        log.sm.catch_up_search_index()
         indexed = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'quillwort'"
         assert count(store, indexed) == 1  # validation answers are not in the full-text index
 

@@ -34,6 +34,7 @@ class Corpus:
             self.index += 1
             entries.append((self.index, c.encode(cmd)))
         results = self.sm.apply_batch(entries)
+        self.sm.catch_up_search_index()
         assert all(r.ok for r in results), [r.error_message for r in results if not r.ok]
 
     def now(self) -> str:

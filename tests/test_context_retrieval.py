@@ -80,6 +80,7 @@ def store(tmp_path: Path):
                                         user_id=user, role="user", content=text,
                                         created_at=f"2025-01-02T00:00:{n:02d}.000000Z", tokens=tokens_of(text)))
     sm.apply_batch([(i + 1, c.encode(cmd)) for i, cmd in enumerate(cmds)])
+    sm.catch_up_search_index()
     yield st
     st.close()
 
@@ -172,6 +173,7 @@ def _recall_corpus(path: Path) -> tuple[Store, list[tuple[str, str]]]:
                                     content=text, created_at=f"2025-02-{k + 1:02d}T01:{m // 60 % 60:02d}:{m % 60:02d}Z",
                                     tokens=tokens_of(text)))
     sm.apply_batch([(i + 1, c.encode(cmd)) for i, cmd in enumerate(cmds)])
+    sm.catch_up_search_index()
     return st, evidence
 
 

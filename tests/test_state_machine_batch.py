@@ -131,6 +131,7 @@ class Node:
         return self.sm.apply_batch(batch)
 
     def dump(self) -> dict[str, list[tuple[object, ...]]]:
+        self.sm.catch_up_search_index()  # the index trails by a chunk; compared once complete
         conn = self.store.writer
         tables = [
             r[0]

@@ -29,5 +29,5 @@ async def search_messages(request: web.Request) -> web.Response:
     offset = query_int(request, "offset", 0, low=0, high=10_000)
     await apply_consistency(request)
     user_id = principal(request).user_id
-    hits = await services(request).store.read(lambda conn: search(conn, user_id, q, limit, offset))
+    hits = await services(request).store.read_searchable(lambda conn: search(conn, user_id, q, limit, offset))
     return json_response({"query": q, "limit": limit, "offset": offset, "hits": hits})

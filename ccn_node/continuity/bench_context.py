@@ -168,6 +168,7 @@ def generate_corpus(
                 raise RuntimeError(f"corpus generation failed: {bad.error_code}: {bad.error_message}")
             done += n
         elapsed = time.perf_counter() - started
+        sm.catch_up_search_index()
         store.writer.execute("INSERT INTO messages_fts(messages_fts) VALUES ('optimize')")
         store.writer.execute("ANALYZE")
     finally:

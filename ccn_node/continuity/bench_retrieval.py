@@ -96,7 +96,8 @@ class _Corpus(msgspec.Struct):
 
 async def _load(store: Store, items: list[dict[str, Any]]) -> _Corpus:
     """Every LoCoMo turn as an AppendMessage through LocalLog; sessions in parallel batches."""
-    log = LocalLog(StateMachine(store.writer))
+    sm = StateMachine(store.writer)
+    log = LocalLog(sm)
     await log.start()
     plate = parse_plate(BENCH_PLATE, "bench-plate.md")
     counter = 0
@@ -171,6 +172,7 @@ async def _load(store: Store, items: list[dict[str, Any]]) -> _Corpus:
                 await propose_all(appends[i : i + 512])
     finally:
         await log.stop()
+        sm.catch_up_search_index()  # the questions search every turn loaded
     return _Corpus(questions=questions, lines=lines, dropped_evidence=dropped, turns=len(lines))
 
 

@@ -274,7 +274,7 @@ class ConversationService:
         inputs = await self.store.read(_load_turn_inputs, user_id, session_id, self.assembler.settings.recent_turns)
         if inputs is None:
             raise NotFound("conversation not found")
-        return await self.store.read(self._assemble, user_id, session_id, content, inputs, set())
+        return await self.store.read_searchable(self._assemble, user_id, session_id, content, inputs, set())
 
     # -- the turn ------------------------------------------------------------------------
 
@@ -390,7 +390,9 @@ class ConversationService:
         else:
             user_message_id = question["message_id"]
 
-        context = await self.store.read(self._assemble, user_id, session_id, content, inputs, {user_message_id})
+        context = await self.store.read_searchable(
+            self._assemble, user_id, session_id, content, inputs, {user_message_id}
+        )
         request = ModelRequest(
             system=context.system,
             messages=context.messages,

@@ -27,6 +27,7 @@ import apsw
 from ccn_node.clock import normalize_iso
 from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.replication.search_index import index_pending
 from ccn_node.replication.state_machine import StateMachine, erase_messages
 from ccn_node.store import backup, journal
 from ccn_node.store.database import open_connection
@@ -79,6 +80,7 @@ def resolve(conn: apsw.Connection, target: Target) -> int:
 def purge_user(conn: apsw.Connection, user_id: str, before: str | None, erased_at: str) -> int:
     """Apply an erasure's effect to a copy (not through the log): content → '', hash kept,
     journal entries scrubbed. Returns the number of messages changed."""
+    index_pending(conn)
     return erase_messages(conn, user_id, before, erased_at, recount_replayed=False)
 
 
@@ -170,6 +172,7 @@ def point_in_time(
                 for batch in journal.entries(src, sm.command_index, index):
                     _replay(sm, batch)
                     replayed += len(batch)
+                sm.catch_up_search_index()  # the restored file carries a complete full-text index
                 purged = 0
                 with conn:
                     for user_id, before, erased_at in src.execute(

@@ -26,6 +26,7 @@ import msgspec
 
 from ccn_node.replication import commands as c
 from ccn_node.replication.log import ApplyResult
+from ccn_node.replication.search_index import SearchIndexLag
 from ccn_node.store import journal
 from ccn_node.store.database import insert_many
 
@@ -111,11 +112,9 @@ class StateMachine:
         # outside it (every row goes in at once).
         self._batch: _BatchWrites | None = None
         self.batch_redos = 0  # Batches that left the fast path (a command failed after writing)
-        # Messages are added to the full-text index once per transaction, not by a trigger per
-        # INSERT (_index_new_messages). While _unindexed, the messages above _indexed_rowid are
-        # not in the index yet; otherwise every message is.
-        self._indexed_rowid = 0
-        self._unindexed = False
+        # Messages reach the full-text index in chunks, not by a trigger per INSERT
+        # (replication/search_index.py).
+        self.search_index = SearchIndexLag()
         self._load_indexes()
         self._handlers: dict[type, Callable[[Any, int], dict[str, Any]]] = {
             c.Noop: self._noop,
@@ -139,9 +138,11 @@ class StateMachine:
         return int(row[0][0]) if row else default
 
     def _load_indexes(self) -> None:
-        """Log-entry index (for replay skipping) and command index (one per applied command)."""
+        """Log-entry index (for replay skipping), command index (one per applied command), and
+        the messages not in the full-text index yet."""
         self.applied_index = self._load_meta_int("applied_index")
         self.command_index = self._load_meta_int("command_index", self.applied_index)
+        self.search_index.load(self.conn)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called after each COMMIT with the commands and outcomes it made durable."""
@@ -167,25 +168,30 @@ class StateMachine:
             raise
         self._in_txn = True
         self._start = (self.applied_index, self.command_index)
-        self._unindexed = False  # every committed message is indexed
 
     def commit(self) -> None:
         """Record the indexes in the same transaction as the effects, then COMMIT."""
         if not self._in_txn:
             return
         try:
-            self._index_new_messages()
+            search = self.search_index
+            if search.due():
+                search.index(self.conn)
+            rows = search.meta_rows()
             if (self.applied_index, self.command_index) != self._start:
+                rows += [("applied_index", str(self.applied_index)), ("command_index", str(self.command_index))]
+            if rows:
                 self.conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('applied_index', ?), ('command_index', ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (str(self.applied_index), str(self.command_index)),
+                    "INSERT INTO meta(key, value) VALUES " + ",".join(["(?, ?)"] * len(rows))
+                    + " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [v for row in rows for v in row],
                 )
             try:
                 self.conn.execute("COMMIT")
             except apsw.Error:
                 self._rollback_open()
                 raise
+            search.committed()
             self._in_txn = False
             pending, self._pending = self._pending, []
         finally:
@@ -210,7 +216,6 @@ class StateMachine:
             self.conn.execute("ROLLBACK")
         self._in_txn = False
         self._pending = []
-        self._unindexed = False
         self._load_indexes()
         if self.ledger is not None:
             self.ledger.reset_cache()
@@ -281,14 +286,14 @@ class StateMachine:
             return self._apply_subs(self._decode_subs(command.entries))
         # One savepoint for the whole Batch, none per command, and its rows held for a few
         # multi-row INSERTs at the end: a savepoint and a few statements per command cost
-        # more than the command itself (its messages reach the full-text index at COMMIT,
-        # _index_new_messages). A command
+        # more than the command itself (its messages reach the full-text index later, in a
+        # chunk: search_index.py). A command
         # that fails *after* it wrote something (rare: the handlers validate before writing)
         # undoes the Batch and redoes it with a savepoint per command, so the stored outcome
         # is the same as if every command had had its own.
         subs = self._decode_subs(command.entries)
         command_index, pending = self.command_index, len(self._pending)
-        indexing = (self._unindexed, self._indexed_rowid)
+        indexing = self.search_index.state()
         self.conn.execute("SAVEPOINT batch")
         try:
             self._batch = _BatchWrites(self._stored_outcomes(subs))
@@ -311,7 +316,7 @@ class StateMachine:
             if self.ledger is not None:
                 self.ledger.reset_cache()
             self.command_index = command_index
-            self._unindexed, self._indexed_rowid = indexing
+            self.search_index.restore(indexing)
             del self._pending[pending:]
             results = self._apply_subs(subs)
         self.conn.execute("RELEASE batch")
@@ -410,8 +415,8 @@ class StateMachine:
             first.duplicate = True
             self._pending.append((command, first))
             return first
-        if self._unindexed and type(command) is not c.AppendMessage:
-            self._index_new_messages()  # it may read, change or erase them (and its savepoint stays empty of it)
+        if type(command) is not c.AppendMessage:
+            self.search_index.index(self.conn)  # it may change or erase messages (its savepoint stays empty of this)
         self.command_index += 1
         index = self.command_index
         if batch is None:
@@ -451,22 +456,35 @@ class StateMachine:
         self._pending.append((command, result))
         return result
 
-    def _index_new_messages(self) -> None:
-        """Add the messages inserted since the last call to the full-text index, with one FTS5
-        statement. FTS5 writes an index segment at every statement that opens a statement
-        journal, and merges segments later: indexing a transaction's messages together writes
-        fewer, larger segments than a trigger on each INSERT did (−17 % CPU per message
-        applied with 4 entries a transaction, store/DESIGN.md). Runs before COMMIT and before any command other than
-        AppendMessage, so every committed message is indexed, and the delete/update triggers
-        only ever meet indexed rows."""
-        if not self._unindexed:
-            return
-        self.conn.execute(
-            "INSERT INTO messages_fts(rowid, content, owner)"
-            " SELECT rowid, content, owner FROM messages_fts_source WHERE rowid > ?",
-            (self._indexed_rowid,),
-        )
-        self._unindexed = False
+    def catch_up_search_index(self) -> bool:
+        """Index every message not in the full-text index yet, now (a reader of the index wants
+        what was written before it; search_index.py). Waits for an apply transaction under way.
+        Returns whether there was anything to index."""
+        if self.search_index.since is None:
+            return False
+        with self._lock:
+            if self.search_index.since is None or self._in_txn:
+                return False
+            # Not fsynced: it holds only derived rows and the watermark, lost or kept together,
+            # and the next fsynced COMMIT makes it durable (WAL frames are ordered).
+            synchronous = self.conn.execute("PRAGMA synchronous").fetchall()[0][0]
+            self.conn.execute("PRAGMA synchronous = OFF")
+            try:
+                self.begin()
+                try:
+                    self.search_index.index(self.conn)
+                except BaseException:
+                    self.abort()
+                    raise
+                self.commit()
+            finally:
+                self.conn.execute(f"PRAGMA synchronous = {int(synchronous)}")
+            return True
+
+    def search_index_due(self) -> bool:
+        """Messages have waited for the index longer than search_index.MAX_LAG_S (an idle
+        node's timer calls catch_up_search_index then)."""
+        return self.search_index.due()
 
     def _stored_outcome(self, request_id: str) -> ApplyResult | None:
         """The first outcome of a request id seen before (a client retry), else None."""
@@ -654,9 +672,8 @@ class StateMachine:
             index,
             cmd.erased_at,
         )
-        if not self._unindexed:  # the first message since the index was complete: rowids go up from here
-            self._indexed_rowid = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0]
-            self._unindexed = True
+        if cmd.kind == "chat":
+            self.search_index.note_append(self.conn)
         if batch is None:
             self.conn.execute(_INSERT_MESSAGE + " VALUES " + _MESSAGE_VALUES, row)
             if cmd.kind == "chat":

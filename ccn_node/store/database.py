@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import apsw
 from ccn_node.store.schema import migrate
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 
@@ -166,6 +169,9 @@ class Store:
         self._pool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="ccn-reader")
         self._checkpointer: WalCheckpointer | None = None
         self._closed = False
+        # Set by the owner of the writer (node.py: the state machine's catch_up_search_index):
+        # makes the full-text index cover every message written so far (replication/search_index.py).
+        self.search_index_catch_up: Callable[[], object] | None = None
 
     def start_checkpointer(self) -> None:
         """Checkpoint the WAL in the background (a serving node); the writer's automatic
@@ -197,6 +203,21 @@ class Store:
         """Run ``fn(conn, *args)`` on a reader thread; never blocks the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.read_sync, fn, *args)
+
+    async def read_searchable(self, fn: Callable[..., T], *args: Any) -> T:
+        """``read`` for a reader of the full-text index: the index first catches up with every
+        message written so far, so a search finds what was written before it. If that fails
+        (disk full), the read still runs, on the index as it is."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._read_searchable_sync, fn, *args)
+
+    def _read_searchable_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.search_index_catch_up is not None:
+            try:
+                self.search_index_catch_up()
+            except Exception:
+                log.exception("the full-text index could not catch up; searching it as it is")
+        return fn(self._reader(), *args)
 
     def reopen_writer(self) -> None:
         """Re-open the writer after the file was replaced (snapshot restore)."""
