@@ -213,10 +213,10 @@ MIGRATION_3 = [
     "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
 ]
 
-# New messages are added to the full-text index by the state machine, once per transaction
-# (StateMachine._index_new_messages), instead of by a trigger per INSERT: FTS5 writes an index
-# segment per statement, and a transaction's messages indexed together cost ~11 % less CPU
-# per message applied. Deletes and updates keep their triggers.
+# New messages are added to the full-text index by the state machine, many in one statement
+# (replication/search_index.py), instead of by a trigger per INSERT: FTS5 writes an index
+# segment per statement, so messages indexed together cost much less CPU each (store/DESIGN.md
+# "FTS5"). Deletes and updates keep their triggers.
 MIGRATION_4 = [
     "DROP TRIGGER IF EXISTS messages_fts_insert",
 ]
