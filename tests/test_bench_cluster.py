@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import pytest
 
-from ccn_node.replication.bench_raft import run_cluster_ceiling_bench, run_raftlog_bench
+from ccn_node.replication.bench_raft import _cluster, run_cluster_ceiling_bench, run_raftlog_bench
 
 
 def check_cpu_split(cpu: dict[str, object], thread: str) -> None:
@@ -38,3 +40,13 @@ def test_bare_pysyncobj_ceiling_runs() -> None:
     result = run_cluster_ceiling_bench(duration=0.3, writer_counts=(4,))["writers_4"]
     assert result["count"] > 0
     check_cpu_split(result["cpu"], "Thread (_autoTickThread)")
+
+
+@pytest.mark.timeout(60)
+def test_a_node_that_dies_at_start_fails_the_bench_instead_of_hanging_it() -> None:
+    """Before, the driver kept its copy of each node's pipe end open: a node that died before
+    answering (an import error, a port taken) left ``recv`` waiting forever."""
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exited with code [1-9]"):
+        _cluster(os._exit, {}, [1], 0.1)  # os._exit(settings, pipe): a TypeError in the node, exit code 1
+    assert time.monotonic() - started < 30

@@ -280,6 +280,7 @@ def _cluster(
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=target, args=(settings, child), daemon=True)
             proc.start()
+            child.close()  # the node's end lives in the node: its death is EOF here, not a silent hang
             pipes.append(parent)
             procs.append(proc)
         try:
@@ -287,27 +288,23 @@ def _cluster(
             deadline = time.monotonic() + 20
             while leader is None and time.monotonic() < deadline:
                 time.sleep(0.1)
-                for i, pipe in enumerate(pipes):
-                    pipe.send(("leader", None))
-                    if pipe.recv():
+                for i, (pipe, proc) in enumerate(zip(pipes, procs, strict=True)):
+                    if _request(pipe, proc, "leader"):
                         leader = i
             if leader is None:
                 raise RuntimeError("no leader elected")
             if target is _raftlog_node:
-                pipes[leader].send(("setup", None))
-                pipes[leader].recv()
+                _request(pipes[leader], procs[leader], "setup")
             results: dict[str, Any] = {}
-            pipes[leader].send(("run", (1, min(1.0, duration))))  # warm-up
-            pipes[leader].recv()
+            _request(pipes[leader], procs[leader], "run", (1, min(1.0, duration)))  # warm-up
             for writers in writer_counts:
                 args = (writers, duration, body) if target is _raftlog_node else (writers, duration)
-                cpu_before, machine_before, t0 = _ask_all(pipes, "cpu"), machine_jiffies(), time.perf_counter()
-                pipes[leader].send(("run", args))
-                result = pipes[leader].recv()
+                cpu_before, machine_before, t0 = _ask_all(pipes, procs, "cpu"), machine_jiffies(), time.perf_counter()
+                result = _request(pipes[leader], procs[leader], "run", args, timeout=duration + NODE_REPLY_LIMIT_S)
                 if target is _raftlog_node:
-                    _count_followers_in(result, pipes, leader)
+                    _count_followers_in(result, pipes, procs, leader)
                 seconds = time.perf_counter() - t0
-                result["cpu"] = _cpu_split(cpu_before, _ask_all(pipes, "cpu"), seconds, leader, result["count"])
+                result["cpu"] = _cpu_split(cpu_before, _ask_all(pipes, procs, "cpu"), seconds, leader, result["count"])
                 result["cpu"]["machine_busy"] = busy_fraction(machine_before, machine_jiffies())
                 results[f"writers_{writers}"] = result
             return results
@@ -324,10 +321,37 @@ def _cluster(
                     proc.kill()
 
 
-def _ask_all(pipes: list[Connection], cmd: str) -> list[Any]:
+NODE_REPLY_LIMIT_S = 120.0
+"""How long the driver waits for a bench node's answer (beyond a load's own duration)."""
+
+
+def _request(pipe: Connection, proc: Any, cmd: str, arg: Any = None, timeout: float = NODE_REPLY_LIMIT_S) -> Any:
+    """One request to a bench node process, and its answer."""
+    with contextlib.suppress(OSError):  # a dead node: its end is closed, and _reply says so
+        pipe.send((cmd, arg))
+    return _reply(pipe, proc, cmd, timeout)
+
+
+def _reply(pipe: Connection, proc: Any, cmd: str, timeout: float = NODE_REPLY_LIMIT_S) -> Any:
+    """The answer to a request sent to a bench node. A node that died (at start-up: an import
+    error, a port taken) or stopped answering raises, naming its exit code, instead of blocking
+    the bench forever."""
+    try:
+        if pipe.poll(timeout):
+            return pipe.recv()
+    except (EOFError, OSError):
+        pass
+    proc.join(1.0)
+    state = f"exited with code {proc.exitcode}" if proc.exitcode is not None else f"did not answer in {timeout:.0f} s"
+    raise RuntimeError(f"bench node {proc.name} ({cmd!r}) {state}")
+
+
+def _ask_all(pipes: list[Connection], procs: list[Any], cmd: str) -> list[Any]:
+    """The same request to every node at once (they work on it in parallel)."""
     for pipe in pipes:
-        pipe.send((cmd, None))
-    return [pipe.recv() for pipe in pipes]
+        with contextlib.suppress(OSError):
+            pipe.send((cmd, None))
+    return [_reply(pipe, proc, cmd) for pipe, proc in zip(pipes, procs, strict=True)]
 
 
 def _cpu_split(
@@ -350,27 +374,25 @@ def _cpu_split(
 FOLLOWER_CATCH_UP_LIMIT_S = 60.0
 
 
-def _count_followers_in(result: dict[str, float], pipes: list[Connection], leader: int) -> None:
+def _count_followers_in(result: dict[str, float], pipes: list[Connection], procs: list[Any], leader: int) -> None:
     """The leader answers a write once it is applied *there*; the followers apply the same
     entries a little later (their apply thread trails their acknowledgement), and every node's
     full-text index trails its corpus by up to a chunk (search_index.py). So the figure that
     counts is messages / (load time + the time the slowest follower then needs to have applied
     everything the leader had + the time every node then needs to index what waits): nothing
     is counted that the cluster did not apply and index."""
-    pipes[leader].send(("applied", None))
-    target = pipes[leader].recv()
+    target = _request(pipes[leader], procs[leader], "applied")
     start = time.perf_counter()
     for i, pipe in enumerate(pipes):
         while i != leader:
-            pipe.send(("applied", None))
-            applied = pipe.recv()
+            applied = _request(pipe, procs[i], "applied")
             if applied >= target:
                 break
             if time.perf_counter() - start > FOLLOWER_CATCH_UP_LIMIT_S:
                 raise RuntimeError(f"follower {i} stopped at index {applied}, the leader applied {target}")
             time.sleep(0.002)
     result["followers_catch_up_s"] = time.perf_counter() - start
-    _ask_all(pipes, "index")
+    _ask_all(pipes, procs, "index")
     catch_up = time.perf_counter() - start
     result["index_catch_up_s"] = catch_up - result["followers_catch_up_s"]
     result["ops_per_s_leader_only"] = result["ops_per_s"]
@@ -413,13 +435,13 @@ def run_failover_bench(trials: int = 10, durability: str = "fsync") -> dict[str,
             parent, child = ctx.Pipe()
             procs[i] = ctx.Process(target=_raftlog_node, args=(settings[i], child), daemon=True)
             procs[i].start()
+            child.close()
             pipes[i] = parent
 
         def ask(i: int, cmd: str, arg: Any = None) -> Any:
             pipe = pipes[i]
             assert pipe is not None
-            pipe.send((cmd, arg))
-            return pipe.recv()
+            return _request(pipe, procs[i], cmd, arg)
 
         def leader(timeout: float = 20.0) -> int:
             deadline = time.monotonic() + timeout
