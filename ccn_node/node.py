@@ -346,7 +346,7 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(MAX_LAG_S / 4)
-            if self.state_machine.search_index_due():
+            if self.state_machine.search_index.due():
                 try:
                     await loop.run_in_executor(None, self.state_machine.catch_up_search_index)
                 except Exception:

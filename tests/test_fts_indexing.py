@@ -12,7 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from corpus_commands import AT, create_user, start_conversation
+from corpus_commands import AT, append_message, create_user, start_conversation
 
 from ccn_node.continuity.retrieval import search
 from ccn_node.replication import commands as c
@@ -23,11 +23,7 @@ from ccn_node.store.schema import MIGRATIONS
 
 
 def msg(i: int, text: str, *, user: str = "alice", session: str = "s1", **extra: object) -> bytes:
-    return c.encode(
-        c.AppendMessage(request_id=f"r{i}", message_id=f"m{i}", session_id=session, user_id=user, role="user",
-                        content=text, created_at=f"2025-03-01T10:00:{i % 60:02d}.000000Z", tokens=5,
-                        **extra)  # type: ignore[arg-type]
-    )
+    return c.encode(append_message(i, session, user, text, **extra))
 
 
 SETUP = [c.encode(x) for x in (create_user("alice"), create_user("bob"), start_conversation("s1", "alice"),
@@ -200,15 +196,15 @@ def test_a_full_chunk_is_indexed_at_commit(node: Node, monkeypatch: pytest.Monke
     assert found(conn, "koala") == [] and node.sm.search_index.pending == 4
     node.apply(msg(5, "koala"))
     assert found(conn, "koala") == [f"m{i}" for i in range(1, 6)]
-    assert node.sm.search_index.since is None and not node.sm.search_index_due()
+    assert node.sm.search_index.since is None and not node.sm.search_index.due()
     check_index(node)
 
 
 def test_a_message_waits_at_most_the_lag_bound(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     node.apply(msg(1, "dingo"))
-    assert not node.sm.search_index_due()
+    assert not node.sm.search_index.due()
     monkeypatch.setattr(search_index, "MAX_LAG_S", 0.0)
-    assert node.sm.search_index_due()  # the node's timer would catch up now
+    assert node.sm.search_index.due()  # the node's timer would catch up now
     node.apply(msg(2, "dingo"))  # and so does the next COMMIT
     assert found(node.store.writer, "dingo") == ["m1", "m2"]
     check_index(node)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from corpus_commands import AT, create_user, start_conversation
+from corpus_commands import AT, at, create_user, start_conversation
+from corpus_commands import append_message as msg
 
 from ccn_node.ledger import merkle
 from ccn_node.ledger.ledger import Ledger
@@ -19,34 +20,6 @@ from ccn_node.replication.state_machine import StateMachine
 from ccn_node.store.database import Store
 
 SIGNER = NoteSigner.generate("batch-test.example/log")
-
-
-def at(i: int) -> str:
-    return f"2025-03-01T10:{i // 60:02d}:{i % 60:02d}.000000Z"
-
-
-def msg(
-    i: int,
-    session: str,
-    user: str,
-    text: str,
-    *,
-    request_id: str | None = None,
-    message_id: str | None = None,
-    role: str = "user",
-    **extra: object,
-) -> c.AppendMessage:
-    return c.AppendMessage(
-        request_id=request_id or f"r{i}",
-        message_id=message_id or f"m{i}",
-        session_id=session,
-        user_id=user,
-        role=role,
-        content=text,
-        created_at=at(i),
-        tokens=len(text) // 4 + 1,
-        **extra,
-    )  # type: ignore[arg-type]
 
 
 def setup_commands() -> list[c.Command]:

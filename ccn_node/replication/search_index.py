@@ -27,6 +27,8 @@ import time
 
 import apsw
 
+from ccn_node.store import meta
+
 log = logging.getLogger(__name__)
 
 CHUNK_MESSAGES = 1024
@@ -37,6 +39,10 @@ MAX_LAG_S = 1.0
 assembled on another node, or a crash before the next chunk, can miss)."""
 
 META_KEY = "search_indexed_rowid"
+
+
+def _top_rowid(conn: apsw.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0])
 
 
 class SearchIndexLag:
@@ -52,9 +58,9 @@ class SearchIndexLag:
 
     def load(self, conn: apsw.Connection) -> None:
         """Read the state the last COMMIT left (at start-up, after a rollback or a restore)."""
-        top = conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0]
-        rows = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchall()
-        self.stored = int(rows[0][0]) if rows else None
+        top = _top_rowid(conn)
+        stored = meta.get(conn, META_KEY)
+        self.stored = None if stored is None else int(stored)
         self.watermark = top if self.stored is None else self.stored
         indexed_top = conn.execute("SELECT coalesce(max(id), 0) FROM messages_fts_docsize").fetchall()[0][0]
         if indexed_top > self.watermark:
@@ -65,8 +71,7 @@ class SearchIndexLag:
                         indexed_top, self.watermark)
             with conn:
                 conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
-                conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)"
-                             " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (META_KEY, str(top)))
+                meta.put(conn, [(META_KEY, top)])
             self.stored = self.watermark = top
         self.pending = max(0, top - self.watermark)
         self.since = time.monotonic() if self.pending else None
@@ -83,15 +88,15 @@ class SearchIndexLag:
         the watermark at the highest rowid now (rowids only go up from there, even if the
         highest rows were deleted since the last chunk)."""
         if self.since is None:
-            self.watermark = conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0]
+            self.watermark = _top_rowid(conn)
             self.since = time.monotonic()
         self.pending += 1
 
-    def due(self, now: float | None = None) -> bool:
+    def due(self) -> bool:
         """A chunk is full, or its oldest message has waited long enough."""
         if self.since is None:
             return False
-        return self.pending >= CHUNK_MESSAGES or (time.monotonic() if now is None else now) - self.since >= MAX_LAG_S
+        return self.pending >= CHUNK_MESSAGES or time.monotonic() - self.since >= MAX_LAG_S
 
     def index(self, conn: apsw.Connection) -> None:
         """Add every message above the watermark to the index, with one FTS5 statement."""
@@ -102,13 +107,13 @@ class SearchIndexLag:
             " SELECT rowid, content, owner FROM messages_fts_source WHERE rowid > ?",
             (self.watermark,),
         )
-        self.watermark = conn.execute("SELECT coalesce(max(rowid), 0) FROM messages").fetchall()[0][0]
+        self.watermark = _top_rowid(conn)
         self.pending = 0
         self.since = None
 
-    def meta_rows(self) -> list[tuple[str, str]]:
+    def meta_rows(self) -> list[tuple[str, int | str]]:
         """The meta row to write with this COMMIT, if the watermark moved."""
-        return [] if self.watermark == self.stored else [(META_KEY, str(self.watermark))]
+        return [] if self.watermark == self.stored else [(META_KEY, self.watermark)]
 
     def committed(self) -> None:
         self.stored = self.watermark
@@ -121,6 +126,4 @@ def index_pending(conn: apsw.Connection) -> None:
     lag = SearchIndexLag()
     lag.load(conn)
     lag.index(conn)
-    for key, value in lag.meta_rows():
-        conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                     (key, value))
+    meta.put(conn, lag.meta_rows())

@@ -27,7 +27,7 @@ import msgspec
 from ccn_node.replication import commands as c
 from ccn_node.replication.log import ApplyResult
 from ccn_node.replication.search_index import SearchIndexLag
-from ccn_node.store import journal
+from ccn_node.store import journal, meta
 from ccn_node.store.database import insert_many
 
 log = logging.getLogger(__name__)
@@ -133,15 +133,11 @@ class StateMachine:
 
     # -- transaction control -------------------------------------------------------------
 
-    def _load_meta_int(self, key: str, default: int = 0) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
-        return int(row[0][0]) if row else default
-
     def _load_indexes(self) -> None:
         """Log-entry index (for replay skipping), command index (one per applied command), and
         the messages not in the full-text index yet."""
-        self.applied_index = self._load_meta_int("applied_index")
-        self.command_index = self._load_meta_int("command_index", self.applied_index)
+        self.applied_index = meta.get_int(self.conn, "applied_index")
+        self.command_index = meta.get_int(self.conn, "command_index", self.applied_index)
         self.search_index.load(self.conn)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -179,13 +175,8 @@ class StateMachine:
                 search.index(self.conn)
             rows = search.meta_rows()
             if (self.applied_index, self.command_index) != self._start:
-                rows += [("applied_index", str(self.applied_index)), ("command_index", str(self.command_index))]
-            if rows:
-                self.conn.execute(
-                    "INSERT INTO meta(key, value) VALUES " + ",".join(["(?, ?)"] * len(rows))
-                    + " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    [v for row in rows for v in row],
-                )
+                rows += [("applied_index", self.applied_index), ("command_index", self.command_index)]
+            meta.put(self.conn, rows)
             try:
                 self.conn.execute("COMMIT")
             except apsw.Error:
@@ -245,8 +236,7 @@ class StateMachine:
         """Replace the live database by a snapshot, only if the snapshot is ahead of it."""
         src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
-            rows = src.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
-            ahead = int(rows[0][0]) if rows else 0
+            ahead = meta.get_int(src, "applied_index")
             if ahead <= self.applied_index:
                 return False
             with self._lock:
@@ -480,11 +470,6 @@ class StateMachine:
             finally:
                 self.conn.execute(f"PRAGMA synchronous = {int(synchronous)}")
             return True
-
-    def search_index_due(self) -> bool:
-        """Messages have waited for the index longer than search_index.MAX_LAG_S (an idle
-        node's timer calls catch_up_search_index then)."""
-        return self.search_index.due()
 
     def _stored_outcome(self, request_id: str) -> ApplyResult | None:
         """The first outcome of a request id seen before (a client retry), else None."""

@@ -217,7 +217,7 @@ class Store:
                 self.search_index_catch_up()
             except Exception:
                 log.exception("the full-text index could not catch up; searching it as it is")
-        return fn(self._reader(), *args)
+        return self.read_sync(fn, *args)
 
     def reopen_writer(self) -> None:
         """Re-open the writer after the file was replaced (snapshot restore)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import apsw
 
+from ccn_node.store import meta
 from ccn_node.store.database import rows_as_dicts
 
 _JSON_COLUMNS = ("manifest", "usage", "character_snapshot", "relational_state", "metrics", "metadata", "validation")
@@ -183,8 +184,7 @@ def current_plate(conn: apsw.Connection) -> dict[str, Any] | None:
 
 
 def applied_index(conn: apsw.Connection) -> int:
-    rows = conn.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchall()
-    return int(rows[0][0]) if rows else 0
+    return meta.get_int(conn, "applied_index")
 
 
 # -- instances, consensus rounds and metrics (continuity/instances.py, consensus_service.py) --
