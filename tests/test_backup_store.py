@@ -279,7 +279,9 @@ def test_erasure_scrubs_journal_keeps_ledger_and_pitr_cannot_resurrect(corpus: C
     assert search(conn, "ann", "orchid", 10, 0) == []
     assert len(search(conn, "bob", "orchid", 10, 0)) == 1
     blob = b"".join(bytes(e) for (e,) in conn.execute("SELECT entry FROM command_journal"))
-    assert b"secret orchid" not in blob and b"ann again" not in blob and b"bob talks" in blob
+    assert b"secret orchid" not in blob and b"ann again" not in blob and b"bob talks" not in blob
+    held = conn.execute("SELECT count(*) FROM command_journal WHERE entry = ?", (journal.HELD_BY_CORPUS,))
+    assert held.fetchone()[0] == 3  # each message is its leaf + its row: no third copy of the text
     assert audit(conn, []).ok
     # the erasure itself is a logged command with its leaf
     assert conn.execute("SELECT kind FROM ledger_leaves ORDER BY idx DESC LIMIT 1").fetchone()[0] == "erase.user"
@@ -294,9 +296,33 @@ def test_erasure_scrubs_journal_keeps_ledger_and_pitr_cannot_resurrect(corpus: C
     # replaying through the erasure gives the same ledger and the same erasure count
     out2, report2 = recovery.point_in_time(corpus.path, recovery.Target(size=corpus.size()), tmp_path / "w2")
     assert report2.ledger_root == MerkleTree(conn).root().hex()
+    assert dict(messages(out2)) == {"m-ann-1": "", "m-bob-1": "bob talks about orchid care", "m-ann-2": ""}
     c2 = apsw.Connection(str(out2))
     assert c2.execute("SELECT messages_erased FROM erasures").fetchall() == [(2,)]
     c2.close()
+
+
+def test_pitr_rebuilds_held_entries_and_refuses_a_row_that_does_not_match(corpus: Corpus, tmp_path: Path) -> None:
+    """A message's journal entry is rebuilt from its ledger leaf and its row; a row whose text no
+    longer hashes to the leaf (and was not erased) is named, never replayed."""
+    corpus.user("ann")
+    corpus.say("ann", 1, "first words", ts(1))
+    corpus.say("ann", 2, "second words", ts(2))
+    [rejected] = corpus.apply(c.AppendMessage(request_id="late", message_id="m-x", session_id="s-nobody",
+                                              user_id="ann", role="user", content="kept whole", created_at=ts(3),
+                                              tokens=2))
+    assert not rejected.ok
+    conn = corpus.store.writer
+    entries = dict(conn.execute("SELECT log_index, entry FROM command_journal").fetchall())
+    assert sum(1 for e in entries.values() if e == journal.HELD_BY_CORPUS) == 2
+    assert any(b"kept whole" in bytes(e) for e in entries.values())  # no row holds it: kept in the journal
+    out, report = recovery.point_in_time(corpus.path, recovery.Target(size=corpus.size()), tmp_path / "w")
+    assert dict(messages(out)) == {"m-ann-1": "first words", "m-ann-2": "second words"}
+    assert report.ledger_root == MerkleTree(conn).root().hex()
+    corpus.sm.catch_up_search_index()  # the update trigger deletes from the index: the row must be in it
+    conn.execute("UPDATE messages SET content = 'other words' WHERE message_id = 'm-ann-2'")
+    with pytest.raises(backup.BackupError, match=r"m-ann-2 .* does not match its ledger leaf"):
+        recovery.point_in_time(corpus.path, recovery.Target(size=corpus.size()), tmp_path / "w2")
 
 
 def test_purge_backups_removes_user_content(corpus: Corpus, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from ccn_node.ledger import chain
 from ccn_node.ledger.chain import CheckpointRefused, CheckpointSigner
 from ccn_node.ledger.note import NoteSigner, open_checkpoint
-from ccn_node.ledger.tree_store import MerkleTree, ledger_schema_sql
+from ccn_node.ledger.tree_store import STORED_FROM_LEVEL, MerkleTree, ledger_schema_sql
 
 ORIGIN = "ccn.example/org-a"
 N_LEAVES = 230
@@ -49,6 +49,31 @@ def ledger(tmp_path: Path) -> Ledger:
     lg = Ledger(tmp_path / "ledger.db")
     lg.fill(N_LEAVES, BLOCK_EVERY)
     return lg
+
+
+def _with_lower_levels(lg: Ledger) -> None:
+    """Add the node rows below STORED_FROM_LEVEL, as files written before that rule hold them."""
+    hashes = b"".join(hashlib.sha256(b"\x00" + bytes(d)).digest()
+                      for (d,) in lg.conn.execute("SELECT leaf_bytes FROM ledger_leaves ORDER BY idx"))
+    rows = []
+    for level in range(STORED_FROM_LEVEL):
+        rows += [(level, i, hashes[32 * i : 32 * i + 32]) for i in range(len(hashes) // 32)]
+        hashes = chain._parents(hashes)
+    with lg.conn:
+        lg.conn.executemany("INSERT INTO ledger_nodes VALUES (?, ?, ?)", rows)
+
+
+def test_small_subtrees_are_not_stored_and_older_files_still_verify(ledger: Ledger) -> None:
+    """Every node row of level 3 and up, none below; a file that also holds the lower rows
+    (written before) gives the same roots and proofs and passes the audit."""
+    levels = dict(ledger.conn.execute("SELECT level, count(*) FROM ledger_nodes GROUP BY level").fetchall())
+    assert min(levels) == STORED_FROM_LEVEL and levels[STORED_FROM_LEVEL] == N_LEAVES >> STORED_FROM_LEVEL
+    before = [ledger.tree.root(n) for n in (1, 7, 8, 9, 100, N_LEAVES)]
+    proofs = [ledger.tree.inclusion_proof(i, N_LEAVES) for i in (0, 37, N_LEAVES - 1)]
+    _with_lower_levels(ledger)
+    assert ledger.audit().ok
+    assert [ledger.tree.root(n) for n in (1, 7, 8, 9, 100, N_LEAVES)] == before
+    assert [ledger.tree.inclusion_proof(i, N_LEAVES) for i in (0, 37, N_LEAVES - 1)] == proofs
 
 
 def _problem(lg: Ledger) -> chain.Problem:
@@ -103,6 +128,14 @@ def test_block_hash_encoding() -> None:
 
 
 def test_edited_leaf_bytes(ledger: Ledger) -> None:
+    """Named to its block of 8 leaves (the lowest stored subtree); to the leaf in an older
+    file that stores leaf hashes."""
+    ledger.conn.execute("UPDATE ledger_leaves SET leaf_bytes = ? WHERE idx = 37", (b"evil",))
+    p = _problem(ledger)
+    assert (p.table, p.row) == ("ledger_leaves", "32..39")
+    assert "leaf_bytes hash" in p.message
+    ledger.conn.execute("UPDATE ledger_leaves SET leaf_bytes = ? WHERE idx = 37", (b"leaf 37",))
+    _with_lower_levels(ledger)
     ledger.conn.execute("UPDATE ledger_leaves SET leaf_bytes = ? WHERE idx = 37", (b"evil",))
     p = _problem(ledger)
     assert (p.table, p.row) == ("ledger_leaves", "37")
@@ -121,7 +154,7 @@ def test_reordered_leaf_rows(ledger: Ledger) -> None:
         ledger.conn.execute("UPDATE ledger_leaves SET idx = 10 WHERE idx = 11")
         ledger.conn.execute("UPDATE ledger_leaves SET idx = 11 WHERE idx = -1")
     p = _problem(ledger)
-    assert (p.table, p.row) == ("ledger_leaves", "10")
+    assert (p.table, p.row) == ("ledger_leaves", "8..15")  # the block of 8 whose stored subtree no longer fits
 
 
 def test_edited_node_hash(ledger: Ledger) -> None:
@@ -132,15 +165,16 @@ def test_edited_node_hash(ledger: Ledger) -> None:
 
 
 def test_edited_leaf_node_hash(ledger: Ledger) -> None:
+    _with_lower_levels(ledger)
     ledger.conn.execute("UPDATE ledger_nodes SET hash = ? WHERE level = 0 AND idx = 8", (b"\x11" * 32,))
     p = _problem(ledger)
     assert (p.table, p.row) == ("ledger_nodes", "level=0,idx=8")
 
 
 def test_deleted_node_and_extra_node(ledger: Ledger, tmp_path: Path) -> None:
-    ledger.conn.execute("DELETE FROM ledger_nodes WHERE level = 2 AND idx = 3")
+    ledger.conn.execute("DELETE FROM ledger_nodes WHERE level = 3 AND idx = 3")
     p = _problem(ledger)
-    assert (p.table, p.row) == ("ledger_nodes", "level=2,idx=3") and "missing" in p.message
+    assert (p.table, p.row) == ("ledger_nodes", "level=3,idx=3") and "missing" in p.message
     other = Ledger(tmp_path / "x.db")
     other.fill(20, 10)
     other.conn.execute("INSERT INTO ledger_nodes VALUES (1, 999, ?)", (b"\0" * 32,))

@@ -23,7 +23,7 @@ import apsw
 from ccn_node.ledger import chain
 from ccn_node.ledger.note import NoteSigner
 from ccn_node.ledger.schema import ledger_schema_sql
-from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.ledger.tree_store import STORED_FROM_LEVEL, MerkleTree
 from ccn_node.loopback import free_port
 
 TARGETS = {
@@ -54,10 +54,11 @@ def _bulk_fill(conn: apsw.Connection, n: int) -> None:
     lv = 0
     while True:
         count = len(level) // 32
-        conn.executemany(
-            "INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)",
-            ((lv, i, level[32 * i : 32 * i + 32]) for i in range(count)),
-        )
+        if lv >= STORED_FROM_LEVEL:  # as MerkleTree.append stores them
+            conn.executemany(
+                "INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)",
+                ((lv, i, level[32 * i : 32 * i + 32]) for i in range(count)),
+            )
         if count < 2:
             break
         level = chain._parents(level)

@@ -29,7 +29,7 @@ from ccn_node.ledger.note import (
     sign_checkpoint,
 )
 from ccn_node.ledger.schema import ledger_schema_sql
-from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.ledger.tree_store import STORED_FROM_LEVEL, MerkleTree
 
 __all__ = [
     "GENESIS_PREVIOUS_HASH",
@@ -397,12 +397,14 @@ def _missing_leaf(expect: int, idx: int) -> None:
 
 
 def _audit_nodes(conn: apsw.Connection, level0: bytes) -> list[bytes]:
-    """Compare every stored level with its recomputation; returns the levels."""
+    """Compare every stored level with its recomputation; returns the levels. Levels from
+    ``STORED_FROM_LEVEL`` up must be complete; below it, rows are only in files written
+    before that rule (tree_store.py), and those that exist must be right."""
     levels: list[bytes] = []
     want = level0
     level = 0
     while True:
-        _compare_level(conn, level, want)
+        _compare_level(conn, level, want, complete=level >= STORED_FROM_LEVEL)
         levels.append(want)
         n = len(want) // 32
         if n < 2:
@@ -427,7 +429,7 @@ def _parents(level: bytes) -> bytes:
     return b"".join([sha(b"\x01" + mv[i : i + 64]).digest() for i in range(0, end, 64)])
 
 
-def _compare_level(conn: apsw.Connection, level: int, want: bytes) -> None:
+def _compare_level(conn: apsw.Connection, level: int, want: bytes, *, complete: bool) -> None:
     n = len(want) // 32
     hashes = [h for (h,) in conn.execute("SELECT hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,))]
     if len(hashes) == n and all(type(h) is bytes for h in hashes) and b"".join(hashes) == want:
@@ -440,6 +442,10 @@ def _compare_level(conn: apsw.Connection, level: int, want: bytes) -> None:
     expect = 0
     for idx, h in conn.execute("SELECT idx, hash FROM ledger_nodes WHERE level = ? ORDER BY idx", (level,)):
         row = f"level={level},idx={idx}"
+        if not complete and expect < idx:
+            if idx >= n:
+                raise _Stop(Problem("ledger_nodes", row, "node outside the tree"))
+            expect = idx  # rows below STORED_FROM_LEVEL may be missing
         if idx != expect:
             if idx < expect or expect >= n:
                 raise _Stop(Problem("ledger_nodes", row, "node outside the tree"))
@@ -450,26 +456,28 @@ def _compare_level(conn: apsw.Connection, level: int, want: bytes) -> None:
         if not isinstance(h, bytes):
             raise _Stop(Problem("ledger_nodes", row, f"hash is {type(h).__name__}, not a blob"))
         if h != good:
-            if level == 0 and not _node_row_at_fault(conn, want, idx):
-                raise _Stop(
-                    Problem(
-                        "ledger_leaves", str(idx), f"leaf_bytes hash to {good.hex()}, the tree holds {bytes(h).hex()}"
-                    )
-                )
+            if level <= STORED_FROM_LEVEL and not _node_row_at_fault(conn, want, level, idx):
+                # the leaves under it are what changed: a leaf if level-0 rows exist (older files),
+                # else the block of 8 leaves whose subtree is the lowest stored
+                first, last = idx << level, ((idx + 1) << level) - 1
+                where = str(first) if level == 0 else f"{first}..{last}"
+                raise _Stop(Problem("ledger_leaves", where,
+                                    f"leaf_bytes hash to {good.hex()}, the tree holds {bytes(h).hex()}"))
             what = "leaf hash" if level == 0 else "node hash"
             raise _Stop(Problem("ledger_nodes", row, f"stored {what} {bytes(h).hex()} != recomputed {good.hex()}"))
         expect += 1
-    raise _Stop(Problem("ledger_nodes", f"level={level},idx={expect}", "missing"))
+    if complete:
+        raise _Stop(Problem("ledger_nodes", f"level={level},idx={expect}", "missing"))
 
 
-def _node_row_at_fault(conn: apsw.Connection, level0: bytes, idx: int) -> bool:
-    """A leaf hash and its stored node differ: blame the node row when the stored parent
-    still agrees with the leaf bytes (someone edited the node), else the leaf row."""
+def _node_row_at_fault(conn: apsw.Connection, hashes: bytes, level: int, idx: int) -> bool:
+    """A stored node and its recomputation from the leaves differ: blame the node row when
+    the stored parent still agrees with the leaves (someone edited the node), else the leaves."""
     sib = idx ^ 1
-    if 32 * sib + 32 > len(level0):
+    if 32 * sib + 32 > len(hashes):
         return False
-    pair = level0[32 * (idx & ~1) : 32 * (idx & ~1) + 64]
-    row = conn.execute("SELECT hash FROM ledger_nodes WHERE level = 1 AND idx = ?", (idx >> 1,)).fetchone()
+    pair = hashes[32 * (idx & ~1) : 32 * (idx & ~1) + 64]
+    row = conn.execute("SELECT hash FROM ledger_nodes WHERE level = ? AND idx = ?", (level + 1, idx >> 1)).fetchone()
     return row is not None and row[0] == hashlib.sha256(b"\x01" + pair).digest()
 
 

@@ -1,10 +1,14 @@
-"""The persistent Merkle log in SQLite: every complete subtree hash, stored once.
+"""The persistent Merkle log in SQLite: the leaves, and every complete subtree hash of
+``STORED_FROM_LEVEL`` and up, stored once.
 
-Each append writes the leaf row, its level-0 hash and the parents it completes
-(amortised two node rows, at most log2 n), so roots and proofs at *any* past size
-are folds of at most 2·log2 n stored hashes fetched with one query. The tree never
-opens or commits a transaction: it runs inside the caller's (the state machine's),
-so a leaf exists exactly when the command that produced it was applied.
+Each append writes the leaf row and the parents of level 3 and up it completes (a quarter
+of a node row per leaf, amortised, at most log2 n), so roots and proofs at *any* past size
+are folds of at most 2·log2 n hashes: the stored ones fetched with one query, the ones
+below level 3 rehashed from the (at most 8) leaf rows under them. The subtrees under 8
+leaves are not stored because every node applies every command: their rows were most of
+the tree's cost per message, and a proof rehashes at most 8 leaves (store/DESIGN.md). The
+tree never opens or commits a transaction: it runs inside the caller's (the state
+machine's), so a leaf exists exactly when the command that produced it was applied.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.store.database import insert_many
 
 __all__ = ["Leaf", "MerkleTree", "ledger_schema_sql"]
+
+STORED_FROM_LEVEL = 3
+"""Subtrees of 2**3 = 8 leaves and up are stored; smaller ones are rehashed from their leaves.
+Files written before keep their lower rows: they are never read, and ``chain.audit`` checks
+those that exist."""
 
 _ROWS_PER_INSERT = 1000  # 4 parameters a row: 10 KiB of SQL, short enough to stay prepared (insert_many)
 
@@ -63,7 +72,7 @@ class MerkleTree:
             assert self._size is not None
             size = self._size
         h = merkle.leaf_hash(leaf_bytes)
-        rows = [(0, size, h)]
+        rows = []
         frontier = self._frontier
         i, level, node = size, 0, h
         while i & 1:
@@ -71,14 +80,16 @@ class MerkleTree:
             node = merkle.node_hash(left, node)
             i >>= 1
             level += 1
-            rows.append((level, i, node))
+            if level >= STORED_FROM_LEVEL:
+                rows.append((level, i, node))
         frontier.append((level, node))
         if deferred is None:
             self._conn.execute(
                 "INSERT INTO ledger_leaves(idx, kind, ref, leaf_bytes) VALUES (?, ?, ?, ?)",
                 (size, kind, ref, leaf_bytes),
             )
-            self._conn.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
+            if rows:
+                self._conn.executemany("INSERT INTO ledger_nodes(level, idx, hash) VALUES (?, ?, ?)", rows)
         else:
             deferred.append((size, kind, ref, leaf_bytes))
             self._node_rows.extend(rows)
@@ -117,10 +128,8 @@ class MerkleTree:
         self._leaf_rows, self._node_rows = None, []
 
     def _checked_size(self) -> int:
-        row = self._conn.execute(
-            "SELECT idx, hash FROM ledger_nodes WHERE level = 0 ORDER BY idx DESC LIMIT 1"
-        ).fetchone()
-        db_size, db_last = (0, b"") if row is None else (row[0] + 1, row[1])
+        row = self._conn.execute("SELECT idx, leaf_bytes FROM ledger_leaves ORDER BY idx DESC LIMIT 1").fetchone()
+        db_size, db_last = (0, b"") if row is None else (row[0] + 1, merkle.leaf_hash(row[1]))
         if self._size != db_size or self._last_leaf != db_last:
             self._load(db_size, db_last)
         return db_size
@@ -139,7 +148,7 @@ class MerkleTree:
 
     def size(self) -> int:
         """Number of leaves stored (read from the database, not the cache)."""
-        row = self._conn.execute("SELECT max(idx) FROM ledger_nodes WHERE level = 0").fetchone()
+        row = self._conn.execute("SELECT max(idx) FROM ledger_leaves").fetchone()
         return 0 if row is None or row[0] is None else row[0] + 1
 
     def root(self, size: int | None = None) -> bytes:
@@ -184,13 +193,21 @@ class MerkleTree:
     def leaf(self, index: int) -> Leaf:
         """The stored leaf at ``index`` with its stored hash; KeyError if absent."""
         row = self._conn.execute(
-            "SELECT l.kind, l.ref, l.leaf_bytes, n.hash FROM ledger_leaves l "
-            "JOIN ledger_nodes n ON n.level = 0 AND n.idx = l.idx WHERE l.idx = ?",
-            (index,),
+            "SELECT kind, ref, leaf_bytes FROM ledger_leaves WHERE idx = ?", (index,)
         ).fetchone()
         if row is None:
             raise KeyError(index)
-        return Leaf(index, row[3], row[0], row[1], row[2])
+        return Leaf(index, merkle.leaf_hash(row[2]), row[0], row[1], row[2])
+
+    def leaf_bytes_many(self, indexes: list[int]) -> dict[int, bytes]:
+        """The stored bytes of many leaves (missing ones are absent), 500 a query."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(indexes), 500):
+            part = indexes[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._conn.execute(f"SELECT idx, leaf_bytes FROM ledger_leaves WHERE idx IN ({marks})", part)
+            found.update((idx, bytes(data)) for idx, data in rows)
+        return found
 
     def find(self, ref: str, kind: str | None = None) -> list[int]:
         """Leaf indices recorded for ``ref`` (e.g. a message id), oldest first."""
@@ -204,13 +221,38 @@ class MerkleTree:
         return [r[0] for r in rows]
 
     def _nodes(self, ids: list[NodeId]) -> dict[NodeId, bytes]:
-        """Fetch stored subtree hashes with one query (row-value IN over the primary key)."""
+        """The hashes of complete subtrees, with one query: the stored ones (row-value IN over
+        the primary key) and the leaves under the small ones, which are rehashed here."""
         if not ids:
             return {}
-        sql = (
-            "SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES "
-            + ",".join(["(?,?)"] * len(ids))
-            + ")"
-        )
-        args = [x for nid in ids for x in nid]
-        return {(lv, ix): h for lv, ix, h in self._conn.execute(sql, args)}
+        stored = [nid for nid in ids if nid[0] >= STORED_FROM_LEVEL]
+        small = [nid for nid in ids if nid[0] < STORED_FROM_LEVEL]
+        parts, args = [], []
+        if stored:
+            parts.append("SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES "
+                         + ",".join(["(?,?)"] * len(stored)) + ")")
+            args += [x for nid in stored for x in nid]
+        spans: list[list[int]] = []  # the leaf ranges under the small subtrees, merged
+        for lo, hi in sorted((idx << level, (idx + 1) << level) for level, idx in small):
+            if spans and lo <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], hi)
+            else:
+                spans.append([lo, hi])
+        for lo, hi in spans:
+            parts.append("SELECT -1, idx, leaf_bytes FROM ledger_leaves WHERE idx >= ? AND idx < ?")
+            args += [lo, hi]
+        found: dict[NodeId, bytes] = {}
+        leaves: dict[int, bytes] = {}
+        for level, idx, value in self._conn.execute(" UNION ALL ".join(parts), args):
+            if level < 0:
+                leaves[idx] = value
+            else:
+                found[(level, idx)] = value
+        leaf_hash = merkle.leaf_hash
+        for level, idx in small:
+            first = idx << level
+            data = [leaves.get(i) for i in range(first, first + (1 << level))]
+            if None not in data:
+                hashes = [leaf_hash(d) for d in data]  # type: ignore[arg-type]
+                found[(level, idx)] = hashes[0] if level == 0 else merkle.root_of(hashes)
+        return found

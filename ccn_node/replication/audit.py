@@ -196,7 +196,7 @@ class CorpusCheck:
                     if row is None:
                         continue
                 self.rows += 1
-                digest = cmd.content.removeprefix("sha256:")
+                digest = cmd.content.removeprefix(c.LEAF_CONTENT_PREFIX)
                 want = (cmd.message_id, cmd.session_id, cmd.user_id, cmd.role, cmd.kind, digest, cmd.created_at,
                         cmd.tokens, cmd.idempotency_key, cmd.reply_to, cmd.model, cmd.instance_id)
                 if row[1:_N + 1] != want:
@@ -261,7 +261,7 @@ class CorpusCheck:
             self.retention[cmd.user_id] = cmd.retention_days
         elif isinstance(cmd, c.RecordPlate):
             row = self._row(self.plates, "plates", cmd.version, idx)
-            want_hash = cmd.content.removeprefix("sha256:")
+            want_hash = cmd.content.removeprefix(c.LEAF_CONTENT_PREFIX)
             if hashlib.sha256(row[3].encode()).hexdigest() != want_hash:
                 raise _Bad("plates", cmd.version, "content does not hash to the ledger leaf's content hash")
             _differs("plates", cmd.version, ("sha256", "name"), row[1:3], (cmd.sha256, cmd.name))

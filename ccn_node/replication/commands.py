@@ -195,6 +195,10 @@ def content_sha256(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
+LEAF_CONTENT_PREFIX = "sha256:"
+"""In a leaf, a message's content is replaced by this and the hex SHA-256 of the content."""
+
+
 def leaf_bytes(command: Command) -> bytes:
     """The canonical bytes the ledger commits to for a command.
 
@@ -204,8 +208,10 @@ def leaf_bytes(command: Command) -> bytes:
     if isinstance(command, AppendMessage):
         digest = command.content_sha256 or content_sha256(command.content)
         return _encoder.encode(
-            msgspec.structs.replace(command, content="sha256:" + digest, content_sha256=None, erased_at=None)
+            msgspec.structs.replace(command, content=LEAF_CONTENT_PREFIX + digest, content_sha256=None, erased_at=None)
         )
     if isinstance(command, RecordPlate):
-        return _encoder.encode(msgspec.structs.replace(command, content="sha256:" + content_sha256(command.content)))
+        return _encoder.encode(
+            msgspec.structs.replace(command, content=LEAF_CONTENT_PREFIX + content_sha256(command.content))
+        )
     return _encoder.encode(command)

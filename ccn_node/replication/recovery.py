@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import msgspec
 
 from ccn_node.clock import normalize_iso
 from ccn_node.ledger.schema import ledger_schema_sql
 from ccn_node.ledger.tree_store import MerkleTree
+from ccn_node.replication import commands as c
 from ccn_node.replication.search_index import index_pending
 from ccn_node.replication.state_machine import StateMachine, erase_messages
 from ccn_node.store import backup, journal
@@ -82,6 +84,53 @@ def purge_user(conn: apsw.Connection, user_id: str, before: str | None, erased_a
     journal entries scrubbed. Returns the number of messages changed."""
     index_pending(conn)
     return erase_messages(conn, user_id, before, erased_at, recount_replayed=False)
+
+
+def _rebuild_entries(src: apsw.Connection, batch: list[tuple[int, bytes, int | None]]) -> list[tuple[int, bytes]]:
+    """The journal's entries as the log committed them. A message the journal left to the
+    corpus (``journal.HELD_BY_CORPUS``) is its ledger leaf with the content of its row put
+    back; if that content was erased since, the entry comes back erased (hash kept), as the
+    erasure would have rewritten a stored entry: erased content never returns."""
+    held = {i: leaf for i, entry, leaf in batch if entry == journal.HELD_BY_CORPUS}
+    if not held:
+        return [(i, entry) for i, entry, _ in batch]
+    leaves = MerkleTree(src).leaf_bytes_many([leaf for leaf in held.values() if leaf is not None])
+    commands: dict[int, c.AppendMessage] = {}
+    for i, leaf in held.items():
+        try:
+            command = c.decode(leaves[leaf])  # type: ignore[index]
+        except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+            command = None
+        if not isinstance(command, c.AppendMessage) or not command.content.startswith(c.LEAF_CONTENT_PREFIX):
+            raise backup.BackupError(f"journal entry {i}: its ledger leaf {leaf} is missing or not a message")
+        commands[i] = command
+    ids = [command.message_id for command in commands.values()]
+    rows: dict[str, tuple[str, str | None]] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        for message_id, content, erased_at in src.execute(
+            f"SELECT message_id, content, erased_at FROM messages WHERE message_id IN ({marks})", part
+        ):
+            rows[message_id] = (content, erased_at)
+    out = []
+    for i, entry, _ in batch:
+        command = commands.get(i)
+        if command is not None:
+            digest = command.content[len(c.LEAF_CONTENT_PREFIX):]
+            content, erased_at = rows.get(command.message_id, ("", None))
+            if c.content_sha256(content) == digest:
+                command = msgspec.structs.replace(command, content=content)
+            elif erased_at is not None:
+                command = msgspec.structs.replace(command, content="", content_sha256=digest, erased_at=erased_at)
+            else:
+                raise backup.BackupError(
+                    f"journal entry {i}: message {command.message_id} is missing from the source or its content"
+                    " does not match its ledger leaf"
+                )
+            entry = c.encode(command)
+        out.append((i, entry))
+    return out
 
 
 def _replay(sm: StateMachine, batch: list[tuple[int, bytes]]) -> None:
@@ -170,7 +219,7 @@ def point_in_time(
                 sm = StateMachine(conn, ledger=MerkleTree(conn))
                 replayed = 0
                 for batch in journal.entries(src, sm.command_index, index):
-                    _replay(sm, batch)
+                    _replay(sm, _rebuild_entries(src, batch))
                     replayed += len(batch)
                 sm.catch_up_search_index()  # the restored file carries a complete full-text index
                 purged = 0

@@ -431,7 +431,10 @@ class StateMachine:
             # else: the mark shows it wrote nothing, held nothing, appended no leaf: nothing to undo
             result = self._failure(command, index)
         encoded = _result_encoder.encode(result)
-        at, leaf_index = _stamp(command), (result.value or {}).get("leaf_index")
+        value = result.value or {}
+        at, leaf_index = _stamp(command), value.get("leaf_index")
+        if leaf_index is not None and type(command) is c.AppendMessage and not value.get("existing"):
+            entry = journal.HELD_BY_CORPUS  # its leaf and its row hold it (recovery.rebuild_entries)
         if batch is None:
             self.conn.execute(
                 "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",

@@ -17,6 +17,13 @@ from ccn_node.store.database import insert_many
 
 BATCH_ROWS = 2000
 
+HELD_BY_CORPUS = b""
+"""The entry of a command whose bytes the database already holds elsewhere: a message the
+state machine inserted is its ledger leaf (everything but the content, which it commits to
+by hash) plus the content in its ``messages`` row. Storing it again cost every node a third
+copy of each message; recovery rebuilds the entry from the two (replication/recovery.py).
+No encoded command is empty, so the mark cannot be mistaken for one."""
+
 
 def record(conn: apsw.Connection, index: int, entry: bytes, at: str | None, leaf_index: int | None) -> None:
     """Store one applied entry; runs inside the state machine's transaction."""
@@ -32,18 +39,19 @@ def record_many(conn: apsw.Connection, rows: list[tuple[int, str | None, int | N
                 per_statement=1000)  # 10 KiB of SQL: stays prepared
 
 
-def entries(conn: apsw.Connection, after: int, up_to: int) -> Iterator[list[tuple[int, bytes]]]:
-    """Entries with ``after < log_index <= up_to`` in order, in batches (bounded memory)."""
+def entries(conn: apsw.Connection, after: int, up_to: int) -> Iterator[list[tuple[int, bytes, int | None]]]:
+    """Entries ``(log_index, entry, leaf_index)`` with ``after < log_index <= up_to`` in order,
+    in batches (bounded memory); an entry may be ``HELD_BY_CORPUS``."""
     last = after
     while True:
         rows = conn.execute(
-            "SELECT log_index, entry FROM command_journal WHERE log_index > ? AND log_index <= ?"
+            "SELECT log_index, entry, leaf_index FROM command_journal WHERE log_index > ? AND log_index <= ?"
             " ORDER BY log_index LIMIT ?",
             (last, up_to, BATCH_ROWS),
         ).fetchall()
         if not rows:
             return
-        yield [(int(i), bytes(e)) for i, e in rows]
+        yield [(int(i), bytes(e), leaf) for i, e, leaf in rows]
         last = rows[-1][0]
 
 
@@ -78,7 +86,8 @@ def index_at_time(conn: apsw.Connection, at: str) -> int:
 
 
 def rewrite(conn: apsw.Connection, indexes: list[int], fn: Callable[[bytes], bytes | None]) -> int:
-    """Replace entries by ``fn(entry)`` (None keeps the entry); returns how many changed."""
+    """Replace entries by ``fn(entry)`` (None keeps the entry); returns how many changed.
+    Entries ``HELD_BY_CORPUS`` are left alone: they hold nothing to change."""
     changed = 0
     for start in range(0, len(indexes), 500):
         part = indexes[start : start + 500]
@@ -86,6 +95,8 @@ def rewrite(conn: apsw.Connection, indexes: list[int], fn: Callable[[bytes], byt
         rows = conn.execute(f"SELECT log_index, entry FROM command_journal WHERE log_index IN ({marks})", part)
         updates = []
         for index, entry in rows.fetchall():
+            if entry == HELD_BY_CORPUS:
+                continue
             new = fn(bytes(entry))
             if new is not None and new != entry:
                 updates.append((new, index))

@@ -221,7 +221,14 @@ MIGRATION_4 = [
     "DROP TRIGGER IF EXISTS messages_fts_insert",
 ]
 
-MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]
+# No query reads messages by time alone (retention and erasure go by user and time, a
+# conversation by session): the index only cost every node a B-tree insert per message
+# (replication/DESIGN.md, "Measured").
+MIGRATION_5 = [
+    "DROP INDEX IF EXISTS messages_by_time",
+]
+
+MIGRATIONS: list[list[str]] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
