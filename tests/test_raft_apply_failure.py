@@ -114,6 +114,8 @@ def test_applier_discards_queued_entries_a_snapshot_covers() -> None:
 
         def abort(self) -> None: ...
 
+        def index_if_due(self) -> None: ...
+
         def apply_entry(self, index: int, entry: bytes) -> list[ApplyResult]:
             started.set()
             gate.wait(5)

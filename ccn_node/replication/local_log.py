@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from ccn_node.replication.log import (
     OutcomeUnknownError,
 )
 from ccn_node.replication.state_machine import StateMachine
+
+log = logging.getLogger(__name__)
 
 _STOP = object()
 
@@ -137,6 +140,10 @@ class LocalLog:
             self._loop.call_soon_threadsafe(_fail_all, futures, exc)
             return
         self._loop.call_soon_threadsafe(_resolve_all, futures, results)
+        try:
+            self.sm.index_if_due()  # after the answers: they never wait for a chunk
+        except Exception:  # derived rows only: the next chunk or catch-up retries
+            log.exception("indexing messages for search failed")
 
 
 def _expire(future: asyncio.Future[ApplyResult], request_id: str) -> None:

@@ -40,6 +40,8 @@ class _StateMachine(Protocol):
 
     def abort(self) -> None: ...
 
+    def index_if_due(self) -> None: ...
+
 
 class CommittedEntry:
     """One committed entry on its way through the apply thread.
@@ -184,6 +186,10 @@ class Applier:
                 self._on_applied(batch, upto)
             except Exception:
                 log.exception("reporting applied entries failed")
+            try:
+                self.sm.index_if_due()  # after the answers: they never wait for a chunk
+            except Exception:  # derived rows only: the next chunk or catch-up retries
+                log.exception("indexing messages for search failed")
 
     def _apply(self, batch: list[CommittedEntry]) -> None:
         sm = self.sm

@@ -7,8 +7,11 @@ merged again and again later. Measured on 300-byte messages (2-core machine, sto
 write load the state machine's transactions hold tens to hundreds of messages, so indexing at
 every COMMIT paid the expensive end of that curve on every node.
 
-So the state machine indexes new messages in chunks: at a COMMIT once ``CHUNK_MESSAGES`` are
-waiting or the oldest has waited ``MAX_LAG_S``; before any command other than AppendMessage
+So the state machine indexes new messages in chunks: once ``CHUNK_MESSAGES`` are waiting or
+the oldest has waited ``MAX_LAG_S``, in a transaction of its own that the logs run after they
+have answered for the entries just committed (``StateMachine.index_if_due``: a chunk takes
+~10 ms, and the answers it used to hold back lengthened every writer's round trip); before any
+command other than AppendMessage
 (erasure, retention and the delete/update triggers must only ever meet indexed rows); and
 whenever a reader of the index asks (``StateMachine.catch_up_search_index``: search and
 context assembly call it through ``Store.read_searchable``, so what a client wrote is always
@@ -17,7 +20,8 @@ found by its next search). Only a load of writes without searches runs ahead of 
 Invariant, in the database itself: every chat message with rowid ≤ the watermark (meta
 ``search_indexed_rowid``) is in the index, none above it. The watermark is written in the
 same transaction as the rows and the index, so a crash, a Raft snapshot or a backup carries
-it; a database without the key (schema ≤ 4) indexed every message at COMMIT.
+it (the chunk's own transaction is not fsynced: index rows and watermark are lost or kept
+together). A database without the key (schema ≤ 4) indexed every message at COMMIT.
 """
 
 from __future__ import annotations

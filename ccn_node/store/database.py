@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -330,8 +331,7 @@ def insert_many(conn: apsw.Connection, head: str, placeholders: str, rows: list[
     while done < total:
         while size > total - done:
             size //= 2
-        part = rows[done : done + size]
-        conn.execute(statement_sql(head, placeholders, size), [x for row in part for x in row])
+        conn.execute(statement_sql(head, placeholders, size), list(chain.from_iterable(rows[done : done + size])))
         done += size
 
 
@@ -340,6 +340,7 @@ MAX_CACHED_SQL = 16384
 ``max_cacheable_bytes``); a longer one is compiled at every execution."""
 
 
+@functools.lru_cache(maxsize=256)
 @functools.lru_cache(maxsize=256)
 def statement_sql(head: str, placeholders: str, rows: int) -> str:
     """The text of a ``rows``-row INSERT (built once per shape)."""
