@@ -133,3 +133,32 @@ def test_applier_discards_queued_entries_a_snapshot_covers() -> None:
     assert applier.wait_idle(5)
     applier.stop()
     assert applied == [1, 9, 10, 11] and applier.applied_index == 11
+
+
+def test_applier_answers_before_it_indexes_a_chunk() -> None:
+    """The apply thread reports what a COMMIT made durable (the proposals' answers) before it
+    indexes a due chunk of messages for search: the answers never wait for the chunk."""
+    from ccn_node.replication.raft_apply import Applier, CommittedEntry
+
+    events: list[str] = []
+
+    class Machine:
+        def begin(self) -> None: ...
+
+        def commit(self) -> None:
+            events.append("commit")
+
+        def abort(self) -> None: ...
+
+        def index_if_due(self) -> None:
+            events.append("index")
+
+        def apply_entry(self, index: int, entry: bytes) -> list[ApplyResult]:
+            return []
+
+    applier = Applier(Machine(), lambda entries, upto: events.append("answered"), lambda exc: None)  # type: ignore[arg-type]
+    applier.start(0)
+    applier.submit([CommittedEntry(1, b"x")], 1)
+    assert applier.wait_idle(5)
+    applier.stop()
+    assert events[:3] == ["commit", "answered", "index"]
