@@ -6,7 +6,7 @@ of a node row per leaf, amortised, at most log2 n), so roots and proofs at *any*
 are folds of at most 2·log2 n hashes: the stored ones fetched with one query, the ones
 below level 3 rehashed from the (at most 8) leaf rows under them. The subtrees under 8
 leaves are not stored because every node applies every command: their rows were most of
-the tree's cost per message, and a proof rehashes at most 8 leaves (store/DESIGN.md). The
+the tree's cost per message, and a proof rehashes at most 8 leaves (ledger/DESIGN.md). The
 tree never opens or commits a transaction: it runs inside the caller's (the state
 machine's), so a leaf exists exactly when the command that produced it was applied.
 """
