@@ -19,6 +19,13 @@ import struct
 import msgspec
 
 MAGIC = b"CCNRAFT1"
+
+VERSION = 2
+"""2 since schema 5: the database in it stores no ledger subtree under 8 leaves and no journal
+copy of a message (ledger/DESIGN.md, store/DESIGN.md). A member still running older code reads
+only version 1, so it refuses such a snapshot and stops (it would otherwise fail its next
+append, or worse) instead of installing it; this code reads both."""
+READABLE_VERSIONS = (1, 2)
 _LEN = struct.Struct("<I")
 _COPY_CHUNK = 1 << 20
 
@@ -26,7 +33,7 @@ _COPY_CHUNK = 1 << 20
 class SnapshotHeader(msgspec.Struct, kw_only=True):
     """pysyncobj's raft data, as plain values; ``entries`` are (command, index, term)."""
 
-    version: int = 1
+    version: int = VERSION
     last: tuple[bytes, int, int]
     prev: tuple[bytes, int, int]
     cluster: list[str]
@@ -60,7 +67,7 @@ def read_snapshot(path: str, db_out_path: str) -> SnapshotHeader:
             header = msgspec.msgpack.decode(raw, type=SnapshotHeader)
         except msgspec.DecodeError as exc:
             raise SnapshotFormatError(f"{path}: bad snapshot header: {exc}") from exc
-        if header.version != 1:
+        if header.version not in READABLE_VERSIONS:
             raise SnapshotFormatError(f"{path}: snapshot version {header.version} is unknown")
         with open(db_out_path, "wb") as out:
             shutil.copyfileobj(f, out, _COPY_CHUNK)

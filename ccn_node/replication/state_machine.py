@@ -29,6 +29,7 @@ from ccn_node.replication.log import ApplyResult
 from ccn_node.replication.search_index import SearchIndexLag
 from ccn_node.store import journal, meta
 from ccn_node.store.database import insert_many
+from ccn_node.store.schema import SCHEMA_VERSION, SchemaTooNewError
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +243,15 @@ class StateMachine:
             src.close()
 
     def restore_from(self, path: str) -> bool:
-        """Replace the live database by a snapshot, only if the snapshot is ahead of it."""
+        """Replace the live database by a snapshot, only if the snapshot is ahead of it; a
+        snapshot written by a newer ccn-node (schema) is refused: SchemaTooNewError."""
         src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
+            version = src.execute("PRAGMA user_version").fetchall()[0][0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNewError(
+                    f"raft snapshot schema version {version} is newer than this ccn-node ({SCHEMA_VERSION})"
+                )
             ahead = meta.get_int(src, "applied_index")
             if ahead <= self.applied_index:
                 return False
