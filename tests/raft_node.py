@@ -47,6 +47,7 @@ async def main() -> None:
     ap.add_argument("--durability", default="fsync")
     ap.add_argument("--compact-entries", type=int, default=50_000)
     ap.add_argument("--compact-time", type=float, default=3600.0)
+    ap.add_argument("--heartbeat", type=float, default=0.05, help="heartbeat_s; elections at 4x-8x")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format=f"{args.raft} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ccn_node.replication.raft_log").setLevel(logging.INFO)
@@ -62,6 +63,10 @@ async def main() -> None:
         durability=args.durability,
         compaction_min_entries=args.compact_entries,
         compaction_min_time_s=args.compact_time,
+        heartbeat_s=args.heartbeat,
+        election_min_s=max(0.4, 4 * args.heartbeat),
+        election_max_s=max(0.8, 8 * args.heartbeat),
+        connection_timeout_s=max(3.5, 8 * args.heartbeat),
     )
     raft = RaftLog(sm, settings)
     await raft.start()

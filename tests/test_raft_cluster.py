@@ -129,7 +129,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cl = Cluster(tmp_path, **options)
         made.append(cl)
         cl.start_all()
-        leader = cl.leader()
+        leader = cl.leader(timeout=30)  # slow heartbeats (an option) make slow first elections
         assert _call(cl.http[leader], "POST", "/setup")[0] == 200
         return cl
 
@@ -166,6 +166,28 @@ def test_replication_and_follower_writes(cluster: Any) -> None:
     assert st["role"] == "leader" and st["has_quorum"] and all(p["connected"] for p in st["peers"]), st
     assert _call(cl.http[leader], "GET", "/leader-read")[0] == 200
     assert _call(cl.http[follower], "GET", "/leader-read")[1]["error"] == "not_leader"
+
+
+def test_followers_hear_the_commit_index_without_waiting_for_a_heartbeat(cluster: Any) -> None:
+    """A follower learns that entries are committed from the append_entries the leader sends
+    when it commits them, not from the next heartbeat: with heartbeats 1 s apart, a follower
+    still applies a leader's write, and answers a write of its own, at once."""
+    cl: Cluster = cluster(heartbeat=1.0)
+    leader = cl.leader(timeout=30)
+    followers = [i for i in range(3) if i != leader]
+    for n in range(5):
+        start = time.monotonic()
+        status, body = cl.write(leader, n)
+        assert status == 200 and body["ok"], body
+        target = cl.status(leader)["sm_applied_index"]
+        while any(cl.status(i)["sm_applied_index"] < target for i in followers):
+            assert time.monotonic() - start < 0.5, "a follower waited for a heartbeat to apply"
+            time.sleep(0.01)
+        start = time.monotonic()
+        status, body = cl.write(followers[n % 2], 100 + n)
+        assert status == 200 and body["ok"], body
+        assert time.monotonic() - start < 0.5, "a follower's write waited for a heartbeat"
+        time.sleep(0.3)  # the next write starts with no entries in flight
 
 
 def test_kill_leader_under_load_then_restart_catches_up(cluster: Any) -> None:
