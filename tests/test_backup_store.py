@@ -321,8 +321,11 @@ def test_pitr_rebuilds_held_entries_and_refuses_a_row_that_does_not_match(corpus
     assert report.ledger_root == MerkleTree(conn).root().hex()
     corpus.sm.catch_up_search_index()  # the update trigger deletes from the index: the row must be in it
     conn.execute("UPDATE messages SET content = 'other words' WHERE message_id = 'm-ann-2'")
-    with pytest.raises(backup.BackupError, match=r"m-ann-2 .* does not match its ledger leaf"):
+    with pytest.raises(backup.BackupError, match=r"message m-ann-2 does not match its ledger leaf"):
         recovery.point_in_time(corpus.path, recovery.Target(size=corpus.size()), tmp_path / "w2")
+    conn.execute("DELETE FROM messages WHERE message_id = 'm-ann-1'")
+    with pytest.raises(backup.BackupError, match=r"message m-ann-1 is missing from the source"):
+        recovery.point_in_time(corpus.path, recovery.Target(size=corpus.size()), tmp_path / "w3")
 
 
 def test_purge_backups_removes_user_content(corpus: Corpus, tmp_path: Path) -> None:

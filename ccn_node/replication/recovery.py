@@ -118,15 +118,17 @@ def _rebuild_entries(src: apsw.Connection, batch: list[tuple[int, bytes, int | N
         command = commands.get(i)
         if command is not None:
             digest = command.content[len(c.LEAF_CONTENT_PREFIX):]
-            content, erased_at = rows.get(command.message_id, ("", None))
+            row = rows.get(command.message_id)
+            if row is None:
+                raise backup.BackupError(f"journal entry {i}: message {command.message_id} is missing from the source")
+            content, erased_at = row
             if c.content_sha256(content) == digest:
                 command = msgspec.structs.replace(command, content=content)
             elif erased_at is not None:
                 command = msgspec.structs.replace(command, content="", content_sha256=digest, erased_at=erased_at)
             else:
                 raise backup.BackupError(
-                    f"journal entry {i}: message {command.message_id} is missing from the source or its content"
-                    " does not match its ledger leaf"
+                    f"journal entry {i}: the content of message {command.message_id} does not match its ledger leaf"
                 )
             entry = c.encode(command)
         out.append((i, entry))

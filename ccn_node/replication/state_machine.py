@@ -447,7 +447,7 @@ class StateMachine:
         value = result.value or {}
         at, leaf_index = _stamp(command), value.get("leaf_index")
         if leaf_index is not None and type(command) is c.AppendMessage and not value.get("existing"):
-            entry = journal.HELD_BY_CORPUS  # its leaf and its row hold it (recovery.rebuild_entries)
+            entry = journal.HELD_BY_CORPUS  # its leaf and its row hold it (recovery._rebuild_entries)
         if batch is None:
             self.conn.execute(
                 "INSERT INTO applied_requests(request_id, log_index, result) VALUES (?, ?, ?)",

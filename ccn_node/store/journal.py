@@ -20,8 +20,8 @@ BATCH_ROWS = 2000
 HELD_BY_CORPUS = b""
 """The entry of a command whose bytes the database already holds elsewhere: a message the
 state machine inserted is its ledger leaf (everything but the content, which it commits to
-by hash) plus the content in its ``messages`` row. Storing it again cost every node a third
-copy of each message; recovery rebuilds the entry from the two (replication/recovery.py).
+by hash) plus the content in its ``messages`` row. Storing it again cost every node a second
+copy of each message's text; recovery rebuilds the entry from the two (replication/recovery.py).
 No encoded command is empty, so the mark cannot be mistaken for one."""
 
 
