@@ -148,12 +148,17 @@ def _reader(cfg: Config) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ccn_node.continuity.retrieval import search
+    from ccn_node.replication.search_index import unindexed_count
 
     cfg = load_config(args.config)
     conn = _reader(cfg)
     import msgspec
 
     hits = msgspec.to_builtins(search(conn, args.user, args.query, args.limit, 0))
+    waiting = unindexed_count(conn)
+    if waiting:
+        _print_err(f"note: the {waiting} message(s) written last are not in the search index yet; the node"
+                   " indexes them when it runs (search through its API always includes them)")
     if args.json:
         print(json.dumps(hits, indent=2))
         return 0

@@ -68,3 +68,28 @@ def test_chat_search_export(tmp_path) -> None:
         assert nope.returncode == 1
     finally:
         node.stop()
+
+
+def test_search_of_a_stopped_node_file_says_what_is_not_indexed_yet(tmp_path) -> None:
+    """A node killed before its next index chunk leaves its last messages out of the full-text
+    index until it runs again: ``ccn-node search`` on its file says so instead of a silent miss."""
+    from corpus_commands import append_message, create_user, start_conversation
+
+    from ccn_node.ledger.schema import ledger_schema_sql
+    from ccn_node.replication import commands as c
+    from ccn_node.replication.state_machine import StateMachine
+    from ccn_node.store.database import Store
+
+    assert cli("init", "--data-dir", str(tmp_path / "d")).returncode == 0
+    cfg = str(tmp_path / "d" / "ccn.toml")
+    store = Store(tmp_path / "d" / "ccn.sqlite3", extra_schema=[ledger_schema_sql()])
+    sm = StateMachine(store.writer)
+    sm.apply_batch([(1, c.encode(create_user("gus"))), (2, c.encode(start_conversation("s1", "gus")))])
+    sm.apply_batch([(3, c.encode(append_message(1, "s1", "gus", "a wombat in the garden")))])
+    sm.catch_up_search_index()
+    sm.apply_batch([(4, c.encode(append_message(2, "s1", "gus", "another wombat at dusk")))])
+    store.close()  # as a kill -9 leaves it: message 2 not indexed
+    out = cli("search", "--config", cfg, "--user", "gus", "wombat", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [h["seq"] for h in json.loads(out.stdout)] == [1]
+    assert "the 1 message(s) written last are not in the search index yet" in out.stderr

@@ -123,6 +123,16 @@ class SearchIndexLag:
         self.stored = self.watermark
 
 
+def unindexed_count(conn: apsw.Connection) -> int:
+    """Chat messages not in the full-text index yet (read-only: for a tool that reads the file
+    of a node that is not running, which indexes them when it runs again)."""
+    stored = meta.get(conn, META_KEY)
+    if stored is None:
+        return 0  # schema <= 4: every message was indexed at COMMIT
+    row = conn.execute("SELECT count(*) FROM messages WHERE kind = 'chat' AND rowid > ?", (int(stored),)).fetchall()
+    return int(row[0][0])
+
+
 def index_pending(conn: apsw.Connection) -> None:
     """For a tool that changes messages in a file without the state machine (an erasure applied
     to a backup): index what waits first, in the caller's transaction, so that the delete and
