@@ -51,10 +51,13 @@ def ledger(tmp_path: Path) -> Ledger:
     return lg
 
 
-def _with_lower_levels(lg: Ledger) -> None:
-    """Add the node rows below STORED_FROM_LEVEL, as files written before that rule hold them."""
+def _with_lower_levels(lg: Ledger, leaves: int | None = None) -> None:
+    """Add the node rows below STORED_FROM_LEVEL, as files written before that rule hold them
+    (for the first ``leaves`` only: a file upgraded after that many)."""
     hashes = b"".join(hashlib.sha256(b"\x00" + bytes(d)).digest()
                       for (d,) in lg.conn.execute("SELECT leaf_bytes FROM ledger_leaves ORDER BY idx"))
+    if leaves is not None:
+        hashes = hashes[: 32 * leaves]
     rows = []
     for level in range(STORED_FROM_LEVEL):
         rows += [(level, i, hashes[32 * i : 32 * i + 32]) for i in range(len(hashes) // 32)]
@@ -70,10 +73,13 @@ def test_small_subtrees_are_not_stored_and_older_files_still_verify(ledger: Ledg
     assert min(levels) == STORED_FROM_LEVEL and levels[STORED_FROM_LEVEL] == N_LEAVES >> STORED_FROM_LEVEL
     before = [ledger.tree.root(n) for n in (1, 7, 8, 9, 100, N_LEAVES)]
     proofs = [ledger.tree.inclusion_proof(i, N_LEAVES) for i in (0, 37, N_LEAVES - 1)]
-    _with_lower_levels(ledger)
+    _with_lower_levels(ledger, leaves=100)  # upgraded after 100 leaves: lower rows for those only
     assert ledger.audit().ok
     assert [ledger.tree.root(n) for n in (1, 7, 8, 9, 100, N_LEAVES)] == before
     assert [ledger.tree.inclusion_proof(i, N_LEAVES) for i in (0, 37, N_LEAVES - 1)] == proofs
+    ledger.conn.execute("UPDATE ledger_nodes SET hash = ? WHERE level = 1 AND idx = 20", (b"\x22" * 32,))
+    p = _problem(ledger)  # a lower row that exists must be right
+    assert (p.table, p.row) == ("ledger_nodes", "level=1,idx=20")
 
 
 def _problem(lg: Ledger) -> chain.Problem:
