@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from ccn_node.replication.log import (
     OutcomeUnknownError,
 )
 from ccn_node.replication.state_machine import StateMachine
-
-log = logging.getLogger(__name__)
 
 _STOP = object()
 
@@ -140,10 +137,7 @@ class LocalLog:
             self._loop.call_soon_threadsafe(_fail_all, futures, exc)
             return
         self._loop.call_soon_threadsafe(_resolve_all, futures, results)
-        try:
-            self.sm.index_if_due()  # after the answers: they never wait for a chunk
-        except Exception:  # derived rows only: the next chunk or catch-up retries
-            log.exception("indexing messages for search failed")
+        self.sm.index_if_due()  # after the answers: they never wait for a chunk
 
 
 def _expire(future: asyncio.Future[ApplyResult], request_id: str) -> None:

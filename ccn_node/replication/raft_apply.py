@@ -186,10 +186,7 @@ class Applier:
                 self._on_applied(batch, upto)
             except Exception:
                 log.exception("reporting applied entries failed")
-            try:
-                self.sm.index_if_due()  # after the answers: they never wait for a chunk
-            except Exception:  # derived rows only: the next chunk or catch-up retries
-                log.exception("indexing messages for search failed")
+            self.sm.index_if_due()  # after the answers: they never wait for a chunk
 
     def _apply(self, batch: list[CommittedEntry]) -> None:
         sm = self.sm

@@ -15,6 +15,7 @@ content, so no restore can bring it back. The same purge rewrites existing backu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -104,15 +105,13 @@ def _rebuild_entries(src: apsw.Connection, batch: list[tuple[int, bytes, int | N
         if not isinstance(command, c.AppendMessage) or not command.content.startswith(c.LEAF_CONTENT_PREFIX):
             raise backup.BackupError(f"journal entry {i}: its ledger leaf {leaf} is missing or not a message")
         commands[i] = command
-    ids = [command.message_id for command in commands.values()]
-    rows: dict[str, tuple[str, str | None]] = {}
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        marks = ",".join("?" * len(part))
+    rows: dict[str, tuple[str, str | None]] = {
+        message_id: (content, erased_at)
         for message_id, content, erased_at in src.execute(
-            f"SELECT message_id, content, erased_at FROM messages WHERE message_id IN ({marks})", part
-        ):
-            rows[message_id] = (content, erased_at)
+            "SELECT message_id, content, erased_at FROM messages WHERE message_id IN (SELECT value FROM json_each(?))",
+            (json.dumps([command.message_id for command in commands.values()]),),
+        )
+    }
     out = []
     for i, entry, _ in batch:
         command = commands.get(i)

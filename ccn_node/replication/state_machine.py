@@ -224,9 +224,14 @@ class StateMachine:
         """Index the messages waiting for the full-text index if a chunk is full or the oldest
         has waited ``MAX_LAG_S``, in a transaction of its own. The logs call it after they have
         answered for what the last COMMIT made durable, so those answers never wait for a
-        chunk (~10 ms for 1,024 messages): search_index.py."""
-        if self.search_index.due():
+        chunk (~10 ms for 1,024 messages): search_index.py. A failure is logged, not raised:
+        the rows are derived, and the next chunk or catch-up retries."""
+        if not self.search_index.due():
+            return
+        try:
             self.catch_up_search_index()
+        except Exception:
+            log.exception("indexing messages for search failed")
 
     # -- snapshots (Raft) ----------------------------------------------------------------
 

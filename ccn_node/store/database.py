@@ -341,7 +341,6 @@ MAX_CACHED_SQL = 16384
 
 
 @functools.lru_cache(maxsize=256)
-@functools.lru_cache(maxsize=256)
 def statement_sql(head: str, placeholders: str, rows: int) -> str:
     """The text of a ``rows``-row INSERT (built once per shape)."""
     sql = head + " VALUES " + ",".join([placeholders] * rows)
