@@ -38,13 +38,25 @@ class StoreError(RuntimeError):
     """The database cannot be opened or is not usable (corrupt, locked, wrong version)."""
 
 
-def _configure(conn: apsw.Connection, synchronous: str, busy_timeout_ms: int) -> None:
+READER_CACHE_KIB = 65536
+"""Page cache of a reader connection: up to 64 MiB, filled lazily (pages still in the WAL;
+the rest is read through mmap)."""
+
+WRITER_CACHE_KIB = 8192
+"""Page cache of the writer connection. Smaller than a reader's on purpose: the writer touches
+the same few hot pages (B-tree right edges, the FTS segments being merged) and reads the rest
+through mmap, and a cache of 64 MiB made every apply cost 8-15 % more CPU a message (more
+memory to walk and to keep coherent at each COMMIT; store/DESIGN.md). A transaction that
+dirties more pages than this spills them to the WAL before COMMIT, which is still correct."""
+
+
+def _configure(conn: apsw.Connection, synchronous: str, busy_timeout_ms: int, cache_kib: int) -> None:
     conn.setbusytimeout(busy_timeout_ms)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA secure_delete = ON")  # erased content is overwritten in freed pages, not left behind
-    conn.execute("PRAGMA cache_size = -65536")  # up to 64 MiB per connection, filled lazily
+    conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
     conn.execute("PRAGMA mmap_size = 1073741824")  # reads via mmap: ledger proofs at 1M entries < 100 µs
 
 
@@ -59,6 +71,7 @@ def open_connection(
     readonly: bool = False,
     synchronous: str = "full",
     busy_timeout_ms: int = 5000,
+    cache_kib: int = READER_CACHE_KIB,
 ) -> apsw.Connection:
     """Open one connection with the node's pragmas; raises StoreError with the path on failure."""
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
@@ -68,7 +81,7 @@ def open_connection(
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
             if mode.lower() != "wal":
                 raise StoreError(f"{path}: could not switch to WAL journal mode (got {mode})")
-        _configure(conn, synchronous, busy_timeout_ms)
+        _configure(conn, synchronous, busy_timeout_ms, cache_kib)
     except apsw.Error as exc:
         raise StoreError(f"{path}: cannot open database: {exc}") from exc
     return conn
@@ -150,7 +163,7 @@ class Store:
         self.busy_timeout_ms = busy_timeout_ms
         self._extra_schema = extra_schema or []
         closed_cleanly = take_clean_close_mark(self.path)
-        self.writer = open_connection(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self.writer = self._open_writer()
         # quick_check reads the whole file (~5 s at 1M messages): after a clean close it is
         # skipped, the file being exactly as the close left it (store/DESIGN.md).
         self.integrity_checked = not closed_cleanly
@@ -173,6 +186,11 @@ class Store:
         # Set by the owner of the writer (node.py: the state machine's catch_up_search_index):
         # makes the full-text index cover every message written so far (replication/search_index.py).
         self.search_index_catch_up: Callable[[], object] | None = None
+
+    def _open_writer(self) -> apsw.Connection:
+        return open_connection(
+            self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms, cache_kib=WRITER_CACHE_KIB
+        )
 
     def start_checkpointer(self) -> None:
         """Checkpoint the WAL in the background (a serving node); the writer's automatic
@@ -223,7 +241,7 @@ class Store:
     def reopen_writer(self) -> None:
         """Re-open the writer after the file was replaced (snapshot restore)."""
         self.writer.close()
-        self.writer = open_connection(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+        self.writer = self._open_writer()
         self._bound_writer_wal()
         migrate(self.writer, self._extra_schema)
         with self._lock:
