@@ -154,10 +154,16 @@ class StateMachine:
                 self.ledger.reset_cache()
 
     def begin(self) -> None:
-        """Open the write transaction (idempotent while one is open)."""
-        if self._in_txn:
-            return
+        """Open the write transaction (idempotent while this thread has one open); waits while
+        another thread has one open (a reader's search-index catch-up beside the apply thread).
+
+        The lock comes first: ``_in_txn`` seen without it may be another thread's transaction,
+        and joining it made the apply thread's entries fail when that transaction committed
+        under them ("apply() outside begin()/commit()"), which stops the node."""
         self._lock.acquire()
+        if self._in_txn:  # ours: the lock is re-entrant, so only this thread can see it open here
+            self._lock.release()
+            return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
