@@ -69,3 +69,13 @@ def busy_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None)
     if before is None or after is None or after[0] <= before[0]:
         return None
     return round(1 - (after[1] - before[1]) / (after[0] - before[0]), 3)
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None without /proc or once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()

@@ -50,3 +50,18 @@ def test_a_node_that_dies_at_start_fails_the_bench_instead_of_hanging_it() -> No
     with pytest.raises(RuntimeError, match=r"exited with code [1-9]"):
         _cluster(os._exit, {}, [1], 0.1)  # os._exit(settings, pipe): a TypeError in the node, exit code 1
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.timeout(180)
+def test_http_cluster_bench_writes_and_turns_through_every_node() -> None:
+    from ccn_node.benchmarks.cluster_http import run_http_cluster_bench
+
+    result = run_http_cluster_bench(duration=0.5, write_clients=(6,), turn_clients=3)
+    for key in ("writes_6_clients", "turns_3_clients"):
+        load = result[key]
+        assert load["count"] > 0 and "failed" not in load, load
+        assert load["refused_503"] == 0, load  # a healthy cluster refuses nothing
+        if sys.platform.startswith("linux"):
+            assert sorted(k for k in load["cpu"] if k.startswith("node_")) == ["node_0", "node_1", "node_2"]
+            assert all(load["cpu"][f"node_{i}"]["cores"] > 0 for i in range(3)), load["cpu"]
+    assert result["turns_3_clients"]["messages_per_s"] == pytest.approx(2 * result["turns_3_clients"]["ops_per_s"])

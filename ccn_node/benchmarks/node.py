@@ -51,23 +51,40 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> floa
 class _ServedNode:
     """A `ccn-node serve` child process in a temporary data directory."""
 
-    def __init__(self, data_dir: Path, extra: str = "") -> None:
+    def __init__(self, data_dir: Path, extra: str = "", name: str = "bench") -> None:
         from ccn_node.datadir import init_data_dir
 
         self.port = free_port()
-        self.config = init_data_dir(data_dir, listen=f"127.0.0.1:{self.port}", name="bench")
+        self.config = init_data_dir(data_dir, listen=f"127.0.0.1:{self.port}", name=name)
         if extra:
             self.config.write_text(self.config.read_text() + "\n" + extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "node.log"  # the node's output: what a failed bench run shows
 
     def start(self) -> float:
+        """Launch and wait for /ready; seconds from launch to ready."""
+        self.launch()
+        return self.wait_ready(30.0)
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster member is ready only once a leader is known)."""
         env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ccn_node", "serve", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-        )
-        return wait_ready(self.port, self.proc, 30.0)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ccn_node", "serve", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> float:
+        assert self.proc is not None
+        return wait_ready(self.port, self.proc, timeout)
 
     def rss_mb(self) -> float:
         assert self.proc is not None
@@ -281,9 +298,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         return run_all()
     if what == "cluster":
+        from ccn_node.benchmarks.cluster_http import run_http_cluster_bench
         from ccn_node.replication.bench_raft import run_cluster_bench
 
-        return run_cluster_bench()
+        result = run_cluster_bench()
+        result["http"] = run_http_cluster_bench()  # end to end, for the reader: no target of its own
+        return result
     if what == "ops":
         from ccn_node.benchmarks.backup import run as run_backup_bench
         from ccn_node.benchmarks.ops import run_ops_bench
