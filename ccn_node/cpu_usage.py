@@ -22,18 +22,23 @@ def _clock_ticks() -> int:
         return 100
 
 
+def _stat_cpu(path: str) -> tuple[float, float]:
+    """(user, system) CPU seconds from a /proc …/stat file; OSError if it cannot be read."""
+    stat = Path(path).read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": the comm may hold spaces
+    tick = _clock_ticks()
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def thread_cpu() -> dict[str, tuple[float, float]]:
     """(user, system) CPU seconds of this process's live threads, by thread name; the numbered
     threads of one pool ("ccn-reader_0", "ccn-reader_1"; "Thread-3 (run)") are summed under one name."""
-    tick = _clock_ticks()
     out: dict[str, tuple[float, float]] = {}
     for thread in threading.enumerate():
         try:
-            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            user, system = _stat_cpu(f"/proc/self/task/{thread.native_id}/stat")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": the comm may hold spaces
-        user, system = int(fields[11]) / tick, int(fields[12]) / tick
         name = _NUMBERED.sub("", thread.name)
         before = out.get(name, (0.0, 0.0))
         out[name] = (before[0] + user, before[1] + system)
@@ -74,8 +79,6 @@ def busy_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None)
 def process_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) a process has used so far; None without /proc or once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return sum(_stat_cpu(f"/proc/{pid}/stat"))
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()

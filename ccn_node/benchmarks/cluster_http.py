@@ -23,6 +23,7 @@ import aiohttp
 from ccn_node.benchmarks.node import _pct, _ServedNode
 from ccn_node.cpu_usage import busy_fraction, machine_jiffies, process_cpu
 from ccn_node.loopback import free_ports
+from ccn_node.replication.log import RETRYABLE_CODES
 
 # Limits out of the way (the figure is the node's, not the rate limiter's), no background
 # backup or retention job in the middle of a 3-second run.
@@ -38,9 +39,6 @@ enabled = false
 [backup]
 enabled = false
 """
-
-# The answers that mean "may not have happened: retry" (a 503 with one of these codes).
-_RETRYABLE = ("no_quorum", "not_leader", "outcome_unknown", "overloaded", "stopping")
 
 
 class _Cluster:
@@ -112,7 +110,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], loa
             load.latencies.append(time.perf_counter() - t0)
             return data
         code = (data or {}).get("error", {}).get("code") if isinstance(data, dict) else None
-        if resp.status == 503 and code in _RETRYABLE:
+        if resp.status == 503 and code in RETRYABLE_CODES:
             load.refused += 1
         else:
             load.failed.append(f"{resp.status}: {data}")
@@ -120,13 +118,14 @@ async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], loa
 
 
 async def _measure(cluster: _Cluster, clients: int, duration: float, one: Any, per_op: int = 1) -> dict[str, Any]:
-    """Run ``one(http, client_index, load)`` in a loop on ``clients`` clients for ``duration`` s."""
+    """Run ``one.prepare(http, k)`` once per client, then ``one(http, k, prepared, load)`` in a loop on
+    ``clients`` clients for ``duration`` s."""
     load = _Load()
     token = cluster.members[0].token("bench")
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=30)) as http:
-        prepared = [await one.prepare(http, k) for k in range(clients)] if hasattr(one, "prepare") else [None] * clients
+        prepared = [await one.prepare(http, k) for k in range(clients)]
         end = time.perf_counter() + duration
 
         async def client(k: int) -> None:
@@ -146,6 +145,9 @@ class _Writes:
 
     def __init__(self, cluster: _Cluster) -> None:
         self.urls = [f"{m.url}/api/v1/conversation/start" for m in cluster.members]
+
+    async def prepare(self, http: aiohttp.ClientSession, k: int) -> None:
+        return None  # nothing to set up: every request starts a conversation
 
     async def __call__(self, http: aiohttp.ClientSession, k: int, _: None, load: _Load) -> None:
         await _post(http, self.urls[k % len(self.urls)], {}, load, 201)

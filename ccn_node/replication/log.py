@@ -79,6 +79,14 @@ class LogStoppedError(CommandLogError):
     code = "stopping"
 
 
+RETRYABLE_CODES = frozenset(
+    cls.code
+    for cls in (CommandLogError, NotLeaderError, NoQuorumError, OutcomeUnknownError, BackpressureError, LogStoppedError)
+)
+"""The error codes of a write that may not have happened (the API answers them with 503 and
+the request id): a client retries it with the same idempotency key."""
+
+
 class CommandLog(Protocol):
     async def start(self) -> None: ...
 

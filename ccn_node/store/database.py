@@ -45,7 +45,7 @@ the rest is read through mmap)."""
 WRITER_CACHE_KIB = 8192
 """Page cache of the writer connection. Smaller than a reader's on purpose: the writer touches
 the same few hot pages (B-tree right edges, the FTS segments being merged) and reads the rest
-through mmap, and a cache of 64 MiB made every apply cost 8-15 % more CPU a message (more
+through mmap, and a cache of 64 MiB made every apply cost 5-15 % more CPU a message (more
 memory to walk and to keep coherent at each COMMIT; store/DESIGN.md). A transaction that
 dirties more pages than this spills them to the WAL before COMMIT, which is still correct."""
 
