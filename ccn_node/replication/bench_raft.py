@@ -1,8 +1,9 @@
 """Raft benchmarks on 3 local processes: the bare-pysyncobj ceiling and RaftLog itself.
 
 ``run_cluster_ceiling_bench()`` is the baseline issue 3 names: an in-memory pysyncobj
-counter with the same network settings as RaftLog (password, no append batching, same
-timeouts), so the ratio of our figure to it shows what SQLite, the bridge and msgpack cost.
+counter with the same network settings as RaftLog (password, the same wire: raft_wire.py; no
+append batching, same timeouts), so the ratio of our figure to it shows what SQLite, the
+bridge and msgpack cost.
 ``run_raftlog_bench()`` measures RaftLog with the real Store and StateMachine (300-byte
 message bodies). Writers run on the leader; a writer issues its next write as soon as the
 previous one is acknowledged.
@@ -28,6 +29,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from ccn_node.cpu_usage import busy_fraction, cores_used, machine_jiffies, thread_cpu
 from ccn_node.loopback import free_ports
 from ccn_node.replication.raft_log import ClusterSettings, raft_timing
+from ccn_node.replication.raft_wire import WireMixin
 
 _SECRET = "bench-secret"
 
@@ -67,8 +69,9 @@ def message_bodies(count: int = 1024, size: int = 300, seed: int = 7) -> list[st
 # -- bare pysyncobj --------------------------------------------------------------------------------
 
 
-class _Counter(SyncObj):
+class _Counter(WireMixin, SyncObj):
     def __init__(self, self_address: str, others: list[str], conf: SyncObjConf) -> None:
+        self.use_wire(conf)  # the same wire as RaftLog: the ceiling compares like with like
         super().__init__(self_address, others, conf)
         self._value = 0
 

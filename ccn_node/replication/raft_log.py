@@ -18,7 +18,7 @@ pysyncobj lacks for a database behind it:
   a restored snapshot replaces the database only if the database is behind it;
 - **batching**: proposals queue on the event loop; the tick thread drains them at the start
   of each tick into *one* ``commands.Batch`` entry (barriers share one empty entry), so the
-  per-entry cost of pysyncobj (pickle, zlib, Fernet, one append_entries) is paid once per
+  per-entry cost of pysyncobj (pickle, framing and encryption, one append_entries) is paid once per
   tick instead of once per command;
 - **proposals** that retry on their own while the outcome is certain not to have happened
   or is made harmless by the state machine's request-id dedup, and otherwise end in the
@@ -27,7 +27,8 @@ pysyncobj lacks for a database behind it:
 pysyncobj internals used (checked at start; written against pysyncobj 0.3.17): the journal
 object ``_SyncObj__raftLog`` (flush, term file), the transport ``_SyncObj__transport``,
 ``_SyncObj__lastResponseTime`` (leader lease) and ``_SyncObj__noopIDx`` (leadership is
-announced once the leader's first entry of its term is applied).
+announced once the leader's first entry of its term is applied); the ``encryptor`` property and
+``pysyncobj.tcp_connection.zlib`` carry our wire (raft_wire.py).
 
 **Never add a second ``@replicated`` method** to ``_RaftNode``: pysyncobj numbers replicated
 methods by sorted name, the journal stores the number, and a new method renumbers the old
@@ -59,6 +60,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
 from ccn_node.replication import commands as c
+from ccn_node.replication import raft_wire
 from ccn_node.replication.log import (
     ApplyResult,
     BackpressureError,
@@ -314,11 +316,12 @@ class _AckHoldingTransport(TCPTransport):
             super().send(node, message)
 
 
-class _RaftNode(SyncObj):
+class _RaftNode(raft_wire.WireMixin, SyncObj):
     """The SyncObj: exactly one replicated method, which hands the entry to the bridge."""
 
     def __init__(self, bridge: RaftLog, self_address: str, others: list[str], conf: SyncObjConf) -> None:
         self._bridge = bridge
+        self.use_wire(conf)  # AES-GCM, uncompressed (raft_wire.py)
         super().__init__(self_address, others, conf, transportClass=_AckHoldingTransport)
 
     @replicated
