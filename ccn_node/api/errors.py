@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ccn_node.replication.log import BackpressureError, CommandLogError, NoQuorumError, NotLeaderError
+from ccn_node.replication.log import CommandLogError
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,11 @@ def conflict(code: str, message: str) -> ApiError:
 
 
 def from_log_error(exc: CommandLogError) -> ApiError:
-    """A write that did not produce an outcome: 503, with the request id for a safe retry."""
+    """A write that did not produce an outcome: 503, with the request id for a safe retry.
+
+    Every kind (not leader, no quorum, backpressure, outcome unknown, stopped) answers the
+    same way; the error's own ``code`` and ``retry_after`` say which it was."""
     extra = {"request_id": exc.request_id} if exc.request_id else {}
-    if isinstance(exc, NotLeaderError | NoQuorumError):
-        return ApiError(503, exc.code, str(exc), retry_after=exc.retry_after, extra=extra)
-    if isinstance(exc, BackpressureError):
-        return ApiError(503, exc.code, str(exc), retry_after=exc.retry_after, extra=extra)
     return ApiError(503, exc.code, str(exc), retry_after=exc.retry_after, extra=extra)
 
 
