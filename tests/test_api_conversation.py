@@ -34,6 +34,20 @@ def say(node: NodeProcess, token: str, sid: str, text: str, **headers: str):
                         json_body={"content": text}, headers=headers)
 
 
+def test_start_answers_what_was_stored(node: NodeProcess, alice: str) -> None:
+    # The service answers from the command it applied, without reading the row back.
+    metadata = {"client": "tests", "n": 3, "ratio": 0.5, "flag": True, "none": None}
+    r = node.request("POST", "/api/v1/conversation/start", token=alice,
+                     json_body={"title": "stored as sent", "metadata": metadata})
+    assert r.status == 201, r
+    started = r.json()
+    conv = node.request("GET", f"/api/v1/conversation/{started['session_id']}", token=alice).json()
+    for key in ("session_id", "created_at", "plate_version", "status"):
+        assert started[key] == conv[key], key
+    assert conv["status"] == "active" and conv["message_count"] == 0 and conv["ended_at"] is None
+    assert conv["title"] == "stored as sent" and conv["metadata"] == metadata
+
+
 def test_health_and_ready_differ(node: NodeProcess) -> None:
     assert node.request("GET", "/health").json()["status"] == "ok"
     ready = node.request("GET", "/ready").json()
