@@ -67,7 +67,7 @@ class WireCipher:
         self._counter = itertools.count()
         self._peers: dict[bytes, AESGCM] = {}
         self._lock = threading.Lock()  # the peers' keys (pysyncobj uses one thread, tests may not)
-        self._last_mismatch_log = 0.0
+        self._last_mismatch_log: float | None = None
 
     def _key_for(self, sender: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=sender, info=b"sender v1").derive(self._master)
@@ -110,7 +110,7 @@ class WireCipher:
 
     def _log_mismatch(self) -> None:
         now = time.monotonic()
-        if now - self._last_mismatch_log >= _MISMATCH_LOG_EVERY_S:
+        if self._last_mismatch_log is None or now - self._last_mismatch_log >= _MISMATCH_LOG_EVERY_S:
             self._last_mismatch_log = now
             log.error("a peer sent a raft message in pysyncobj's own Fernet format: it runs an older "
                       "ccn-node (before the AES-GCM wire) or bare pysyncobj; every member of a cluster "
