@@ -100,27 +100,25 @@ def test_frames_are_stored_and_stay_readable_by_stock_zlib() -> None:
 # -- real pysyncobj members on 127.0.0.1 ---------------------------------------------------------------
 
 
-class _Wired(WireMixin, SyncObj):
+class _Stock(SyncObj):
+    """A counter on pysyncobj's own wire (Fernet, zlib)."""
+
+    def __init__(self, me: str, others: list[str], conf: SyncObjConf) -> None:
+        super().__init__(me, others, conf)
+        self.value = 0
+
+    @replicated
+    def incr(self) -> int:
+        self.value += 1
+        return self.value
+
+
+class _Wired(WireMixin, _Stock):
+    """The same counter on ccn-node's wire."""
+
     def __init__(self, me: str, others: list[str], conf: SyncObjConf) -> None:
         self.use_wire(conf)
         super().__init__(me, others, conf)
-        self.value = 0
-
-    @replicated
-    def incr(self) -> int:
-        self.value += 1
-        return self.value
-
-
-class _Stock(SyncObj):
-    def __init__(self, me: str, others: list[str], conf: SyncObjConf) -> None:
-        super().__init__(me, others, conf)
-        self.value = 0
-
-    @replicated
-    def incr(self) -> int:
-        self.value += 1
-        return self.value
 
 
 def _conf(me: str) -> SyncObjConf:
