@@ -14,6 +14,7 @@ the other sections that best matches the message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
@@ -50,8 +51,10 @@ _STOP = frozenset(
 _MAX_QUOTE = 240
 
 
+@functools.lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    """A crude suffix strip, enough to match "values"/"value", "helping"/"help"."""
+    """A crude suffix strip, enough to match "values"/"value", "helping"/"help". Remembered:
+    the same words come back every turn (the plate's above all)."""
     if word.endswith("ies") and len(word) > 4:
         word = word[:-3] + "y"
     for suffix in ("ing", "ed", "ly", "s"):
@@ -89,32 +92,41 @@ def _plate_units(plate: str) -> list[tuple[str, bool]]:
     return units
 
 
-def _best(candidates: list[str], query: set[str], weights: dict[str, float]) -> int | None:
+def _best(term_sets: list[set[str]], query: set[str], weights: dict[str, float]) -> int | None:
     """Index of the candidate sharing the most (idf-weighted) terms with the query."""
     best_i, best_score = None, 0.0
-    for i, text in enumerate(candidates):
-        score = sum(weights.get(t, 1.0) for t in _terms(text) & query)
+    for i, terms in enumerate(term_sets):
+        score = sum(weights.get(t, 1.0) for t in terms & query)
         if score > best_score:
             best_i, best_score = i, score
     return best_i
 
 
-def _idf(texts: list[str]) -> dict[str, float]:
+def _idf(term_sets: list[set[str]]) -> dict[str, float]:
     df: dict[str, int] = {}
-    for t in texts:
-        for term in _terms(t):
+    for terms in term_sets:
+        for term in terms:
             df[term] = df.get(term, 0) + 1
-    n = len(texts)
+    n = len(term_sets)
     return {term: math.log(1 + n / d) for term, d in df.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _plate_index(plate: str) -> tuple[list[tuple[str, bool]], list[set[str]], dict[str, float]]:
+    """The plate's units, their terms and their idf: the plate changes rarely, turns often
+    (parsing and stemming it again was most of a turn's CPU in the offline backend)."""
+    units = _plate_units(plate)
+    term_sets = [_terms(u[0]) for u in units]
+    return units, term_sets, _idf(term_sets)
 
 
 def _plate_answer(plate: str, query: set[str]) -> str:
     """The best-matching plate line; under a matching heading, the lines that follow it."""
-    units = _plate_units(plate)
+    units, term_sets, weights = _plate_index(plate)
     if not units:
         return ""
     texts = [u[0] for u in units]
-    i = _best(texts, query, _idf(texts))
+    i = _best(term_sets, query, weights)
     if i is None:
         first = next((t for t, h in units if not h), texts[0])
         return _clip(first)
@@ -132,8 +144,8 @@ def _history_quote(blocks: list[ContextBlock], query: set[str]) -> tuple[str, st
             candidates.extend((b.kind, s.strip()) for s in _SENTENCE.split(line) if s.strip())
     if not candidates:
         return None
-    texts = [c[1] for c in candidates]
-    i = _best(texts, query, _idf(texts))
+    term_sets = [_terms(c[1]) for c in candidates]
+    i = _best(term_sets, query, _idf(term_sets))
     if i is None:
         history = [c for c in candidates if any(k in c[0] for k in ("recent", "history", "relevant"))]
         return history[-1] if history else None
