@@ -7,6 +7,7 @@ that transaction committed under them — which stops a node."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ from ccn_node.store.database import Store
 
 
 @pytest.fixture
-def sm(tmp_path: Path) -> StateMachine:
+def sm(tmp_path: Path) -> Iterator[StateMachine]:
     store = Store(tmp_path / "db.sqlite3")
     machine = StateMachine(store.writer)
     machine.apply_batch([(1, c.encode(create_user("alice"))), (2, c.encode(start_conversation("s1", "alice")))])
-    return machine
+    yield machine
+    store.close()
 
 
 def test_begin_waits_for_another_threads_transaction_instead_of_joining_it(sm: StateMachine) -> None:

@@ -223,23 +223,10 @@ class ConversationService:
             metadata=metadata or {},
         )
         await self.proposer.submit(cmd)
-        # The row as get_conversation reads it, known without reading it: a fresh id cannot be
-        # a duplicate, and apply stores these values as they are (test_api_conversation checks
-        # both agree). A read here was a thread hop per start on a busy event loop.
-        return {
-            "session_id": session_id,
-            "user_id": user_id,
-            "title": cmd.title,
-            "status": "active",
-            "created_at": cmd.created_at,
-            "ended_at": None,
-            "end_reason": None,
-            "plate_version": cmd.plate_version,
-            "plate_sha256": cmd.plate_sha256,
-            "message_count": 0,
-            "last_message_at": None,
-            "metadata": cmd.metadata,
-        }
+        # Answered from the command it applied: a fresh id cannot be a duplicate, and a read
+        # here was a reader-thread hop per start on a busy event loop (api/DESIGN.md).
+        return queries.started_conversation(session_id, user_id, cmd.title, cmd.created_at, cmd.plate_version,
+                                            cmd.plate_sha256, cmd.metadata)
 
     async def get(self, user_id: str, session_id: str) -> dict[str, Any]:
         def read(conn: apsw.Connection) -> dict[str, Any] | None:

@@ -146,10 +146,7 @@ class WireMixin:
         store_uncompressed()
 
     @property
-    def encryptor(self) -> WireCipher | None:
-        return self._wire
-
-    def _getEncryptor(self) -> WireCipher | None:  # pysyncobj's own accessor, same answer
+    def encryptor(self) -> WireCipher | None:  # (pysyncobj's _getEncryptor is never called)
         return self._wire
 
 

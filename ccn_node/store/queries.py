@@ -42,6 +42,28 @@ def get_conversation(conn: apsw.Connection, user_id: str, session_id: str) -> di
     return _decode_json(rows[0]) if rows else None
 
 
+def started_conversation(
+    session_id: str, user_id: str, title: str, created_at: str, plate_version: str, plate_sha256: str,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``get_conversation`` returns for a conversation just started with these values,
+    without reading it (keep the two in step: tests/test_store_queries.py compares them)."""
+    return {
+        "session_id": session_id,
+        "user_id": user_id,
+        "title": title,
+        "status": "active",
+        "created_at": created_at,
+        "ended_at": None,
+        "end_reason": None,
+        "plate_version": plate_version,
+        "plate_sha256": plate_sha256,
+        "message_count": 0,
+        "last_message_at": None,
+        "metadata": metadata,
+    }
+
+
 def list_conversations(
     conn: apsw.Connection, user_id: str, *, limit: int = 50, offset: int = 0
 ) -> list[dict[str, Any]]:
